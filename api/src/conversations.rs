@@ -1,0 +1,433 @@
+//! The contract's routes: conversations, their history and their participants.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use events::{ConversationCreated, Envelope, Event, direct_conversation_id};
+use serde::Serialize;
+use serde_json::Value;
+use store::{ConversationSummary, ConversationView, Message, Order, Page};
+use uuid::Uuid;
+
+use crate::extract::{Caller, conversation_id};
+use crate::{ApiError, AppState};
+
+/// Most recipients of one group, so that one request cannot fan out without bound.
+const MAX_RECIPIENTS: usize = 100;
+
+type Shared = State<Arc<AppState>>;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationRef {
+    conversation_id: Uuid,
+}
+
+/// `POST /conversation`: answers once the projection holds the conversation, so every
+/// participant's next read sees it.
+pub async fn create_conversation(
+    State(state): Shared,
+    Caller(caller): Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ConversationRef>, ApiError> {
+    let body = body.map_err(|e| ApiError::invalid("body", &e.body_text()))?;
+    let request = NewConversation::parse(&body, caller.as_str())?;
+    let conversation_id = match &request {
+        NewConversation::Direct { recipient } => direct_conversation_id(caller.as_str(), recipient),
+        NewConversation::Group { .. } => Uuid::new_v4(),
+    };
+    // A direct conversation that exists already is returned as it is, with no new event.
+    if matches!(request, NewConversation::Direct { .. })
+        && state.store.conversation_exists(conversation_id).await?
+    {
+        return Ok(Json(ConversationRef { conversation_id }));
+    }
+    let (is_group, title, recipients) = match request {
+        NewConversation::Direct { recipient } => (false, String::new(), vec![recipient]),
+        NewConversation::Group { title, recipients } => (true, title, recipients),
+    };
+    let mut participants: Vec<String> = recipients;
+    participants.push(caller.as_str().to_owned());
+    participants.sort();
+    let event = Event::ConversationCreated(ConversationCreated {
+        conversation_id,
+        created_by: caller.as_str().to_owned(),
+        participants,
+        is_group,
+        title,
+    });
+    state.writer.append(&Envelope::new(event)).await?;
+    wait_for_projection(&state, conversation_id).await?;
+    Ok(Json(ConversationRef { conversation_id }))
+}
+
+/// Polls the projection until it holds the conversation, with a short backoff.
+async fn wait_for_projection(state: &AppState, conversation_id: Uuid) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + state.projection_wait;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if state.store.conversation_exists(conversation_id).await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(%conversation_id, "projection did not catch up in time");
+            return Err(ApiError::ProjectionLagging);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(25));
+    }
+}
+
+/// A validated `POST /conversation` body.
+#[derive(Debug, PartialEq, Eq)]
+enum NewConversation {
+    Direct {
+        recipient: String,
+    },
+    Group {
+        title: String,
+        recipients: Vec<String>,
+    },
+}
+
+impl NewConversation {
+    fn parse(body: &[u8], caller: &str) -> Result<Self, ApiError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|_| ApiError::invalid("body", "must be a JSON object"))?;
+        let Value::Object(fields) = value else {
+            return Err(ApiError::invalid("body", "must be a JSON object"));
+        };
+        let is_group = match fields.get("isGroup") {
+            None | Some(Value::Null) => return Err(ApiError::missing("isGroup")),
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ApiError::invalid("isGroup", "must be a boolean")),
+        };
+        let recipients = match fields.get("recipientIdArr") {
+            None | Some(Value::Null) => return Err(ApiError::missing("recipientIdArr")),
+            Some(Value::Array(items)) => items,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "recipientIdArr",
+                    "must be an array of user ids",
+                ));
+            }
+        };
+        let mut seen = BTreeSet::new();
+        let mut ids = Vec::with_capacity(recipients.len());
+        for item in recipients {
+            let Value::String(id) = item else {
+                return Err(ApiError::invalid(
+                    "recipientIdArr",
+                    "every recipient must be a user id string",
+                ));
+            };
+            if !valid_user_id(id) {
+                return Err(ApiError::invalid(
+                    "recipientIdArr",
+                    "a user id has 1 to 50 characters",
+                ));
+            }
+            if id == caller {
+                return Err(ApiError::invalid(
+                    "recipientIdArr",
+                    "the creator may not list themself",
+                ));
+            }
+            if !seen.insert(id.as_str()) {
+                return Err(ApiError::invalid(
+                    "recipientIdArr",
+                    "recipients may not repeat",
+                ));
+            }
+            ids.push(id.clone());
+        }
+        if !is_group {
+            // A direct conversation's title is always "": a title sent for it is ignored.
+            return match <[String; 1]>::try_from(ids) {
+                Ok([recipient]) => Ok(Self::Direct { recipient }),
+                Err(_) => Err(ApiError::invalid(
+                    "recipientIdArr",
+                    "a direct conversation has exactly one recipient",
+                )),
+            };
+        }
+        if ids.len() < 2 {
+            return Err(ApiError::invalid(
+                "recipientIdArr",
+                "a group has at least two recipients",
+            ));
+        }
+        if ids.len() > MAX_RECIPIENTS {
+            return Err(ApiError::invalid(
+                "recipientIdArr",
+                "a group has at most 100 recipients",
+            ));
+        }
+        let title = match fields.get("title") {
+            None | Some(Value::Null) => return Err(ApiError::missing("title")),
+            Some(Value::String(t)) => t,
+            Some(_) => return Err(ApiError::invalid("title", "must be a string")),
+        };
+        let chars = title.chars().count();
+        if chars == 0 || chars > events::MAX_TITLE_CHARS || title.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "title",
+                "a group title has 1 to 300 characters, not all whitespace",
+            ));
+        }
+        Ok(Self::Group {
+            title: title.clone(),
+            recipients: ids,
+        })
+    }
+}
+
+fn valid_user_id(id: &str) -> bool {
+    let chars = id.chars().count();
+    (1..=events::MAX_USER_ID_CHARS).contains(&chars)
+}
+
+/// `GET /conversation/direct/{userId}`: the caller's direct conversation with a user, or `null`.
+pub async fn direct_conversation(
+    State(state): Shared,
+    Caller(caller): Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Option<ConversationRef>>, ApiError> {
+    let Path(other) = path.map_err(|_| ApiError::invalid("userId", "must be a user id"))?;
+    if !valid_user_id(&other) {
+        return Err(ApiError::invalid(
+            "userId",
+            "a user id has 1 to 50 characters",
+        ));
+    }
+    if other == caller.as_str() {
+        return Err(ApiError::invalid(
+            "userId",
+            "a user has no direct conversation with themself",
+        ));
+    }
+    let conversation_id = direct_conversation_id(caller.as_str(), &other);
+    let exists = state.store.conversation_exists(conversation_id).await?;
+    Ok(Json(exists.then_some(ConversationRef { conversation_id })))
+}
+
+/// `GET /conversations[?isRead=true|false]`: the hottest route (the extension's unread poll).
+pub async fn list_conversations(
+    State(state): Shared,
+    Caller(caller): Caller,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Vec<ConversationSummary>>, ApiError> {
+    let Query(query) =
+        query.map_err(|_| ApiError::invalid("query", "is not a valid query string"))?;
+    let is_read = match query.get("isRead").map(String::as_str) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => return Err(ApiError::invalid("isRead", "must be true or false")),
+    };
+    Ok(Json(
+        state
+            .store
+            .conversations_of(caller.as_str(), is_read)
+            .await?,
+    ))
+}
+
+/// Checks that the conversation exists (404) and that the caller takes part in it (403).
+async fn participants_as(
+    state: &AppState,
+    raw_id: Result<Path<String>, PathRejection>,
+    caller: &auth::UserId,
+) -> Result<(Uuid, Arc<[String]>), ApiError> {
+    let Path(raw_id) = raw_id.map_err(|_| ApiError::invalid("conversationId", "must be a UUID"))?;
+    let id = conversation_id(&raw_id)?;
+    let participants = state
+        .store
+        .participants(id)
+        .await?
+        .ok_or(ApiError::ConversationNotFound)?;
+    if !participants.iter().any(|p| p == caller.as_str()) {
+        return Err(ApiError::NotParticipant);
+    }
+    Ok((id, participants))
+}
+
+/// `GET /conversations/{conversationId}`.
+pub async fn get_conversation(
+    State(state): Shared,
+    Caller(caller): Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ConversationView>, ApiError> {
+    let (id, _) = participants_as(&state, path, &caller).await?;
+    let view = state
+        .store
+        .conversation(id, caller.as_str())
+        .await?
+        .ok_or(ApiError::ConversationNotFound)?;
+    Ok(Json(view))
+}
+
+/// `GET /conversations/{conversationId}/messages?limit&offset&order`.
+pub async fn list_messages(
+    State(state): Shared,
+    Caller(caller): Caller,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Vec<Message>>, ApiError> {
+    let Query(query) =
+        query.map_err(|_| ApiError::invalid("query", "is not a valid query string"))?;
+    let page = page(&query)?;
+    let (id, _) = participants_as(&state, path, &caller).await?;
+    Ok(Json(state.store.messages(id, page).await?))
+}
+
+/// Paging parameters: `limit` 1..=100 (20), `offset` >= 0 (0), `order` asc|desc (desc).
+fn page(query: &HashMap<String, String>) -> Result<Page, ApiError> {
+    let limit = match query.get("limit") {
+        None => 20,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| ApiError::invalid("limit", "must be an integer from 1 to 100"))?,
+    };
+    let offset = match query.get("offset") {
+        None => 0,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|o| *o >= 0)
+            .ok_or_else(|| ApiError::invalid("offset", "must be an integer of at least 0"))?,
+    };
+    let order = match query.get("order").map(String::as_str) {
+        None | Some("desc") => Order::Desc,
+        Some("asc") => Order::Asc,
+        Some(_) => return Err(ApiError::invalid("order", "must be asc or desc")),
+    };
+    Ok(Page {
+        limit,
+        offset,
+        order,
+    })
+}
+
+/// `GET /conversations/{conversationId}/participants`: every participant, the caller included.
+pub async fn list_participants(
+    State(state): Shared,
+    Caller(caller): Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let (_, participants) = participants_as(&state, path, &caller).await?;
+    Ok(Json(participants.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<NewConversation, String> {
+        NewConversation::parse(body.as_bytes(), "me").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn direct_ignores_title_and_needs_one_recipient() {
+        assert_eq!(
+            parse(r#"{"recipientIdArr":["bob"],"isGroup":false,"title":"x"}"#),
+            Ok(NewConversation::Direct {
+                recipient: "bob".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"recipientIdArr":["bob"],"isGroup":false}"#),
+            Ok(NewConversation::Direct {
+                recipient: "bob".into()
+            })
+        );
+        assert!(
+            parse(r#"{"recipientIdArr":["a","b"],"isGroup":false}"#)
+                .unwrap_err()
+                .contains("'recipientIdArr'")
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        assert_eq!(
+            parse(r#"{"recipientIdArr":["a","b"]}"#).unwrap_err(),
+            "Missing 'isGroup' in event body"
+        );
+        assert!(
+            parse(r#"{"recipientIdArr":["a","b"],"isGroup":"true"}"#)
+                .unwrap_err()
+                .contains("'isGroup'")
+        );
+        assert_eq!(
+            parse(r#"{"isGroup":true}"#).unwrap_err(),
+            "Missing 'recipientIdArr' in event body"
+        );
+        assert_eq!(
+            parse(r#"{"recipientIdArr":["a","b"],"isGroup":true}"#).unwrap_err(),
+            "Missing 'title' in event body"
+        );
+        for bad_title in [
+            r#""""#,
+            r#""   ""#,
+            "5",
+            &format!("\"{}\"", "é".repeat(301)),
+        ] {
+            let body =
+                format!(r#"{{"recipientIdArr":["a","b"],"isGroup":true,"title":{bad_title}}}"#);
+            assert!(parse(&body).unwrap_err().contains("'title'"), "{body}");
+        }
+        for bad in [
+            r#"["a"]"#,
+            r#"["a","a"]"#,
+            r#"["me","a"]"#,
+            r#"["","a"]"#,
+            r#"[1,"a"]"#,
+            r#""a""#,
+        ] {
+            let body = format!(r#"{{"recipientIdArr":{bad},"isGroup":true,"title":"t"}}"#);
+            assert!(
+                parse(&body).unwrap_err().contains("'recipientIdArr'"),
+                "{body}"
+            );
+        }
+        assert!(parse("[]").unwrap_err().contains("'body'"));
+        assert!(parse("nope").unwrap_err().contains("'body'"));
+    }
+
+    #[test]
+    fn group_title_counts_characters_not_bytes() {
+        let title = "é".repeat(300);
+        let body = format!(r#"{{"recipientIdArr":["a","b"],"isGroup":true,"title":"{title}"}}"#);
+        assert!(parse(&body).is_ok());
+    }
+
+    #[test]
+    fn paging_defaults_and_limits() {
+        let q = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        let p = page(&q(&[])).unwrap();
+        assert_eq!((p.limit, p.offset, p.order), (20, 0, Order::Desc));
+        for (k, v) in [
+            ("limit", "0"),
+            ("limit", "101"),
+            ("limit", "x"),
+            ("offset", "-1"),
+            ("order", "up"),
+        ] {
+            let err = page(&q(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(&format!("'{k}'")), "{err}");
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Folding a batch of events into the projection with set-based SQL.
+//!
+//! Every statement is idempotent (inserts ignore rows that exist, the latest message only moves
+//! forward, read markers only grow), and the caller filters out records below the stored
+//! positions in the same transaction: applying a batch twice changes nothing.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use events::{Envelope, Event};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// An event with its place in the log.
+#[derive(Debug, Clone)]
+pub struct Positioned {
+    pub partition: i32,
+    pub offset: i64,
+    pub envelope: Envelope,
+}
+
+/// A batch, pivoted into one column array per table field, ready for `UNNEST`.
+#[derive(Default, Debug)]
+pub struct Batch {
+    conversations: ConversationColumns,
+    participants: (Vec<Uuid>, Vec<String>),
+    messages: MessageColumns,
+    /// Latest read event per (conversation, user): its offset bounds what was read.
+    reads: HashMap<(Uuid, String), i64>,
+    /// Events per type name, for metrics.
+    pub counts: HashMap<&'static str, u64>,
+}
+
+#[derive(Default, Debug)]
+struct ConversationColumns {
+    id: Vec<Uuid>,
+    title: Vec<String>,
+    is_group: Vec<bool>,
+    created_by: Vec<String>,
+    created_at: Vec<DateTime<Utc>>,
+}
+
+#[derive(Default, Debug)]
+struct MessageColumns {
+    conversation_id: Vec<Uuid>,
+    seq: Vec<i64>,
+    message_id: Vec<Uuid>,
+    sender_id: Vec<String>,
+    content: Vec<String>,
+    sent_at: Vec<DateTime<Utc>>,
+    temp_message_id: Vec<String>,
+}
+
+impl Batch {
+    /// Pivots events, which must be in log order within each partition.
+    pub fn new<'a>(events: impl IntoIterator<Item = &'a Positioned>) -> Self {
+        let mut batch = Batch::default();
+        for positioned in events {
+            let envelope = &positioned.envelope;
+            *batch.counts.entry(envelope.event.type_name()).or_default() += 1;
+            match &envelope.event {
+                Event::ConversationCreated(e) => {
+                    let c = &mut batch.conversations;
+                    c.id.push(e.conversation_id);
+                    c.title.push(e.title.clone());
+                    c.is_group.push(e.is_group);
+                    c.created_by.push(e.created_by.clone());
+                    c.created_at.push(envelope.accepted_at.as_datetime());
+                    for user in &e.participants {
+                        batch.participants.0.push(e.conversation_id);
+                        batch.participants.1.push(user.clone());
+                    }
+                }
+                Event::MessageSent(e) => {
+                    let m = &mut batch.messages;
+                    m.conversation_id.push(e.conversation_id);
+                    m.seq.push(positioned.offset);
+                    m.message_id.push(e.message_id);
+                    m.sender_id.push(e.sender_id.clone());
+                    m.content.push(e.content.clone());
+                    m.sent_at.push(e.sent_at.as_datetime());
+                    m.temp_message_id.push(e.temp_message_id.clone());
+                }
+                Event::MessagesRead(e) => {
+                    let at = batch
+                        .reads
+                        .entry((e.conversation_id, e.user_id.clone()))
+                        .or_default();
+                    *at = (*at).max(positioned.offset);
+                }
+            }
+        }
+        batch
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Applies the batch inside the caller's transaction.
+    pub async fn apply(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let c = &self.conversations;
+        if !c.id.is_empty() {
+            // A direct conversation created twice (both users at once) has one id: the first
+            // creation in the log wins, the second changes nothing.
+            sqlx::query(
+                "INSERT INTO conversations (conversation_id, title, is_group, created_by, created_at)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bool[], $4::text[], $5::timestamptz[])
+                 ON CONFLICT (conversation_id) DO NOTHING",
+            )
+            .bind(&c.id)
+            .bind(&c.title)
+            .bind(&c.is_group)
+            .bind(&c.created_by)
+            .bind(&c.created_at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO participants (conversation_id, user_id)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&self.participants.0)
+            .bind(&self.participants.1)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        let m = &self.messages;
+        if !m.seq.is_empty() {
+            // Only messages inserted now move their conversation's latest message, and only
+            // forward in log order.
+            sqlx::query(
+                "WITH inserted AS (
+                    INSERT INTO messages (conversation_id, seq, message_id, sender_id, content, sent_at, temp_message_id)
+                    SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
+                    ON CONFLICT DO NOTHING
+                    RETURNING conversation_id, seq, message_id, sender_id, content, sent_at
+                 ), latest AS (
+                    SELECT DISTINCT ON (conversation_id) * FROM inserted
+                    ORDER BY conversation_id, seq DESC
+                 )
+                 UPDATE conversations c
+                    SET latest_seq = l.seq, latest_message_id = l.message_id,
+                        latest_sender_id = l.sender_id, latest_content = l.content,
+                        latest_sent_at = l.sent_at
+                   FROM latest l
+                  WHERE c.conversation_id = l.conversation_id
+                    AND (c.latest_seq IS NULL OR c.latest_seq < l.seq)",
+            )
+            .bind(&m.conversation_id)
+            .bind(&m.seq)
+            .bind(&m.message_id)
+            .bind(&m.sender_id)
+            .bind(&m.content)
+            .bind(&m.sent_at)
+            .bind(&m.temp_message_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        if !self.reads.is_empty() {
+            let mut conversation_ids = Vec::with_capacity(self.reads.len());
+            let mut users = Vec::with_capacity(self.reads.len());
+            let mut offsets = Vec::with_capacity(self.reads.len());
+            for ((conversation_id, user), offset) in &self.reads {
+                conversation_ids.push(*conversation_id);
+                users.push(user.as_str());
+                offsets.push(*offset);
+            }
+            // A read covers every message before it in the log; markers never move back.
+            sqlx::query(
+                "INSERT INTO read_markers (conversation_id, user_id, read_seq)
+                 SELECT r.conversation_id, r.user_id, m.seq
+                   FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS r(conversation_id, user_id, at)
+                   CROSS JOIN LATERAL (
+                       SELECT max(seq) AS seq FROM messages
+                        WHERE conversation_id = r.conversation_id AND seq < r.at) m
+                  WHERE m.seq IS NOT NULL
+                 ON CONFLICT (conversation_id, user_id)
+                 DO UPDATE SET read_seq = greatest(read_markers.read_seq, excluded.read_seq)",
+            )
+            .bind(&conversation_ids)
+            .bind(&users)
+            .bind(&offsets)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Locks the stored positions of `partitions` for the rest of the transaction and returns
+/// them (0 for a partition never seen): the next offset to apply of each.
+pub async fn lock_positions(
+    tx: &mut PgConnection,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<i32, i64>, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projector_positions (topic, partition, next_offset)
+         SELECT $1, p, 0 FROM UNNEST($2::int[]) AS p
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(topic)
+    .bind(partitions)
+    .execute(&mut *tx)
+    .await?;
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT partition, next_offset FROM projector_positions
+          WHERE topic = $1 AND partition = ANY($2) FOR UPDATE",
+    )
+    .bind(topic)
+    .bind(partitions)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Stores the next offset to apply of each partition; positions only move forward.
+pub async fn store_positions(
+    tx: &mut PgConnection,
+    topic: &str,
+    next: &HashMap<i32, i64>,
+) -> Result<(), sqlx::Error> {
+    let (partitions, offsets): (Vec<i32>, Vec<i64>) = next.iter().map(|(p, o)| (*p, *o)).unzip();
+    sqlx::query(
+        "UPDATE projector_positions s SET next_offset = v.next_offset
+           FROM UNNEST($2::int[], $3::bigint[]) AS v(partition, next_offset)
+          WHERE s.topic = $1 AND s.partition = v.partition AND s.next_offset < v.next_offset",
+    )
+    .bind(topic)
+    .bind(&partitions)
+    .bind(&offsets)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,351 @@
+//! The projector: folds `chat.events` into the Postgres projection, exactly once.
+//!
+//! It reads the log as a member of a consumer group. Each batch is applied in one Postgres
+//! transaction together with the positions it reaches ([`fold::store_positions`]), and records
+//! below the stored positions are skipped inside that same transaction: a crash anywhere, a
+//! rebalance or a replay leaves the tables as one uninterrupted run would. Kafka's own committed
+//! offsets are only a hint for where to resume reading (and for lag monitoring).
+//!
+//! A record that cannot be decoded goes to the dead-letter topic with the reason and its
+//! original position; the projector moves on. A database fault is retried, never skipped.
+
+pub mod fold;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use events::Envelope;
+use fold::{Batch, Positioned};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use writer::KafkaArgs;
+
+/// The projector's own settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ProjectorArgs {
+    /// Consumer group of the projector workers (one per partition at most does work).
+    #[arg(long, env = "PROJECTOR_GROUP", default_value = "chat-projector")]
+    pub group: String,
+    /// Most records applied in one transaction.
+    #[arg(long, env = "PROJECTOR_MAX_BATCH", default_value_t = 2000)]
+    pub max_batch: usize,
+}
+
+/// A record as read from the log, before decoding.
+#[derive(Debug, Clone)]
+struct Record {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+/// Logs rebalances and publishes the consumer lag that librdkafka reports.
+struct Context;
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, stats) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown.
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    metrics::gauge!("chat_projector_lag", "partition" => partition.to_string())
+                        .set(stats.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+/// Folds the log into Postgres.
+pub struct Projector {
+    consumer: Arc<StreamConsumer<Context>>,
+    dead_letters: FutureProducer,
+    pool: PgPool,
+    topic: String,
+    dead_letter_topic: String,
+    max_batch: usize,
+    /// False while the last batch could not be applied (the database is down, say).
+    healthy: Arc<AtomicBool>,
+}
+
+impl Projector {
+    pub fn new(kafka: &KafkaArgs, args: &ProjectorArgs, pool: PgPool) -> anyhow::Result<Self> {
+        let consumer: StreamConsumer<Context> = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("group.id", &args.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000")
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(Context)?;
+        consumer.subscribe(&[&kafka.topic])?;
+        let dead_letters: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            dead_letters,
+            pool,
+            topic: kafka.topic.clone(),
+            dead_letter_topic: dead_letter_topic(&kafka.topic),
+            max_batch: args.max_batch.max(1),
+            healthy: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// Dependencies' answers for `/readyz`.
+    pub fn readiness(&self) -> telemetry::Readiness {
+        let consumer = self.consumer.clone();
+        let pool = self.pool.clone();
+        let healthy = self.healthy.clone();
+        let topic = self.topic.clone();
+        telemetry::Readiness::new(move || {
+            let consumer = consumer.clone();
+            let pool = pool.clone();
+            let healthy = healthy.clone();
+            let topic = topic.clone();
+            async move {
+                let kafka = tokio::task::spawn_blocking(move || {
+                    consumer
+                        .client()
+                        .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                        .is_ok()
+                })
+                .await
+                .unwrap_or(false);
+                vec![
+                    telemetry::Check {
+                        dependency: "kafka",
+                        ok: kafka,
+                    },
+                    telemetry::Check {
+                        dependency: "postgres",
+                        ok: store::ping(&pool).await,
+                    },
+                    telemetry::Check {
+                        dependency: "projection",
+                        ok: healthy.load(Ordering::Relaxed),
+                    },
+                ]
+            }
+        })
+    }
+
+    /// Runs until `shutdown` resolves; the batch in hand is finished first.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        loop {
+            let records = tokio::select! {
+                records = self.next_records() => records,
+                () = &mut shutdown => return Ok(()),
+            };
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.apply(&records).await {
+                    Ok(()) => {
+                        self.healthy.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        self.healthy.store(false, Ordering::Relaxed);
+                        tracing::error!(error = %e, records = records.len(), "batch not applied; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {},
+                            () = &mut shutdown => return Ok(()),
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            self.commit_hint(&records);
+        }
+    }
+
+    /// Waits for at least one record, then takes what else is ready, up to the batch limit.
+    async fn next_records(&self) -> Vec<Record> {
+        let mut records = Vec::new();
+        loop {
+            match self.consumer.recv().await {
+                Ok(message) => {
+                    records.push(record(&message));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the log failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        let gather_until = tokio::time::Instant::now() + Duration::from_millis(2);
+        while records.len() < self.max_batch {
+            match tokio::time::timeout_at(gather_until, self.consumer.recv()).await {
+                Ok(Ok(message)) => records.push(record(&message)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the log failed");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        records
+    }
+
+    /// Applies the records not yet applied, with their positions, in one transaction.
+    async fn apply(&self, records: &[Record]) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let partitions: Vec<i32> = records
+            .iter()
+            .map(|r| r.partition)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        let stored = fold::lock_positions(&mut tx, &self.topic, &partitions).await?;
+        let fresh = records
+            .iter()
+            .filter(|r| r.offset >= stored.get(&r.partition).copied().unwrap_or(0));
+
+        let mut events = Vec::new();
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for record in fresh {
+            next.insert(record.partition, record.offset + 1);
+            match decode(record) {
+                Ok(envelope) => events.push(Positioned {
+                    partition: record.partition,
+                    offset: record.offset,
+                    envelope,
+                }),
+                Err(reason) => self.dead_letter(record, &reason).await?,
+            }
+        }
+        if next.is_empty() {
+            return Ok(()); // a replay of what is applied already
+        }
+        let batch = Batch::new(&events);
+        batch.apply(&mut tx).await?;
+        fold::store_positions(&mut tx, &self.topic, &next).await?;
+        tx.commit().await?;
+
+        for (type_name, count) in &batch.counts {
+            metrics::counter!("chat_events_projected_total", "type" => *type_name)
+                .increment(*count);
+        }
+        metrics::histogram!("chat_projector_batch_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!(events = events.len(), "batch applied");
+        Ok(())
+    }
+
+    /// Sends an undecodable record to the dead-letter topic, with why and where it was.
+    async fn dead_letter(&self, record: &Record, reason: &str) -> anyhow::Result<()> {
+        tracing::error!(
+            partition = record.partition,
+            offset = record.offset,
+            reason,
+            "dead-lettering a record"
+        );
+        let partition = record.partition.to_string();
+        let offset = record.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "chat-dlq-reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "chat-dlq-topic",
+                value: Some(&self.topic),
+            })
+            .insert(Header {
+                key: "chat-dlq-partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "chat-dlq-offset",
+                value: Some(&offset),
+            });
+        let mut out =
+            FutureRecord::<Vec<u8>, Vec<u8>>::to(&self.dead_letter_topic).headers(headers);
+        if let Some(key) = &record.key {
+            out = out.key(key);
+        }
+        if let Some(payload) = &record.payload {
+            out = out.payload(payload);
+        }
+        self.dead_letters
+            .send(out, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| {
+                anyhow::anyhow!(
+                    "dead-letter topic {} refused a record: {e}",
+                    self.dead_letter_topic
+                )
+            })?;
+        metrics::counter!("chat_events_dead_lettered_total").increment(1);
+        Ok(())
+    }
+
+    /// Tells Kafka how far we got, so a restart resumes reading near there. Postgres holds the
+    /// real positions; losing this commit only means re-reading records that are then skipped.
+    fn commit_hint(&self, records: &[Record]) {
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for r in records {
+            let entry = next.entry(r.partition).or_default();
+            *entry = (*entry).max(r.offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in next {
+            let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "offset commit hint failed");
+        }
+    }
+}
+
+/// The dead-letter topic of an event topic.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+fn record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    Record {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+    }
+}
+
+fn decode(record: &Record) -> Result<Envelope, String> {
+    let payload = record.payload.as_deref().ok_or("the record has no value")?;
+    let envelope = Envelope::decode(payload).map_err(|e| e.to_string())?;
+    let expected_key = envelope.key();
+    if record.key.as_deref() != Some(expected_key.as_bytes()) {
+        return Err(format!(
+            "the record's key is not its conversation id {expected_key}: it may be in the wrong partition"
+        ));
+    }
+    Ok(envelope)
+}
