@@ -1,0 +1,857 @@
+//! The REST API over real HTTP against the real stack: every route, rule and error of the
+//! contract.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chat_tests::{RestClient, Service, TestEnv, now_secs, token_with};
+use events::{Envelope, Event, MessageSent, MessagesRead, Timestamp};
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+struct Rest {
+    env: TestEnv,
+    _projector: Service,
+    api: Service,
+    base: String,
+}
+
+impl Rest {
+    async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[(&str, &str)]) -> Self {
+        let env = TestEnv::new().await;
+        let projector = env.spawn_projector().await;
+        let api = env.spawn_api_with(extra).await;
+        let base = api.url("");
+        Self {
+            env,
+            _projector: projector,
+            api,
+            base,
+        }
+    }
+
+    fn client(&self, user: &str) -> RestClient {
+        RestClient::new(&self.base, self.env.token(user))
+    }
+
+    async fn direct(&self, from: &str, to: &str) -> Uuid {
+        let (status, body) = self
+            .client(from)
+            .post(
+                "/conversation",
+                &json!({"recipientIdArr": [to], "isGroup": false}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["conversationId"].as_str().unwrap().parse().unwrap()
+    }
+
+    async fn group(&self, from: &str, to: &[&str], title: &str) -> Uuid {
+        let (status, body) = self
+            .client(from)
+            .post(
+                "/conversation",
+                &json!({"recipientIdArr": to, "isGroup": true, "title": title}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["conversationId"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Appends messages through the writer (as the socket-edge does) and waits for the
+    /// projection to hold them.
+    async fn send(
+        &self,
+        conversation_id: Uuid,
+        messages: &[(&str, &str)],
+        sent_at: Option<Timestamp>,
+    ) {
+        let writer = self.env.writer();
+        for (sender, content) in messages {
+            let event = Event::MessageSent(MessageSent {
+                conversation_id,
+                message_id: Uuid::new_v4(),
+                sender_id: sender.to_string(),
+                content: content.to_string(),
+                temp_message_id: format!("tmp-{content}"),
+                sent_at: sent_at.unwrap_or_else(Timestamp::now),
+            });
+            writer.append(&Envelope::new(event)).await.unwrap();
+        }
+        let last = messages.last().unwrap().1;
+        let reader = self.client(messages[0].0);
+        self.eventually(|| async {
+            let (_, body) = reader
+                .get(&format!(
+                    "/conversations/{conversation_id}/messages?limit=1"
+                ))
+                .await;
+            body[0]["content"] == last
+        })
+        .await;
+    }
+
+    async fn read(&self, conversation_id: Uuid, user: &str) {
+        let event = Event::MessagesRead(MessagesRead {
+            conversation_id,
+            user_id: user.to_owned(),
+        });
+        self.env
+            .writer()
+            .append(&Envelope::new(event))
+            .await
+            .unwrap();
+    }
+
+    async fn eventually<F, Fut>(&self, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        for _ in 0..400 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("condition not met within 10 s");
+    }
+}
+
+fn is_contract_timestamp(value: &Value) -> bool {
+    let s = value.as_str().unwrap_or("");
+    s.len() == 24 && s.ends_with('Z') && s.as_bytes()[19] == b'.' && chrono_like_parse(s)
+}
+
+fn chrono_like_parse(s: &str) -> bool {
+    serde_json::from_value::<Timestamp>(Value::String(s.to_owned()))
+        .is_ok_and(|t| t.to_string() == s)
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, field: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("'{field}'")),
+        "{message} should name {field}"
+    );
+}
+
+#[tokio::test]
+async fn direct_conversations_are_unique_and_readable_at_once() {
+    let rest = Rest::start().await;
+    let id = rest.direct("alice", "bob").await;
+    // The 200 arrived: both participants read it at once.
+    for (user, other) in [("alice", "bob"), ("bob", "alice")] {
+        let (status, body) = rest.client(user).get(&format!("/conversations/{id}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            json!({"conversationId": id, "title": "", "isGroup": false, "participantId": other})
+        );
+        let (status, body) = rest
+            .client(user)
+            .get(&format!("/conversation/direct/{other}"))
+            .await;
+        assert_eq!((status, body), (200, json!({ "conversationId": id })));
+    }
+    // Creating it again, from either side, with a title or not, returns the same one.
+    assert_eq!(rest.direct("bob", "alice").await, id);
+    let (status, body) = rest
+        .client("alice")
+        .post(
+            "/conversation",
+            &json!({"recipientIdArr": ["bob"], "isGroup": false, "title": "ignored"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["conversationId"].as_str()),
+        (200, Some(id.to_string().as_str()))
+    );
+    let (status, body) = rest
+        .client("alice")
+        .get(&format!("/conversations/{id}"))
+        .await;
+    assert_eq!((status, &body["title"]), (200, &json!("")));
+
+    let (status, body) = rest.client("alice").get("/conversation/direct/carol").await;
+    assert_eq!((status, body), (200, Value::Null));
+    let (status, body) = rest.client("alice").get("/conversation/direct/alice").await;
+    assert_error(status, &body, 400, "userId");
+    let long = "x".repeat(51);
+    let (status, body) = rest
+        .client("alice")
+        .get(&format!("/conversation/direct/{long}"))
+        .await;
+    assert_error(status, &body, 400, "userId");
+
+    let (status, body) = rest
+        .client("alice")
+        .get(&format!("/conversations/{id}/participants"))
+        .await;
+    assert_eq!((status, body), (200, json!(["alice", "bob"])));
+}
+
+#[tokio::test]
+async fn concurrent_direct_creation_makes_one_conversation() {
+    let rest = Rest::start().await;
+    let attempts = (0..16).map(|i| {
+        let (from, to) = if i % 2 == 0 {
+            ("dora", "emil")
+        } else {
+            ("emil", "dora")
+        };
+        let client = rest.client(from);
+        async move {
+            client
+                .post(
+                    "/conversation",
+                    &json!({"recipientIdArr": [to], "isGroup": false}),
+                )
+                .await
+        }
+    });
+    let ids: HashSet<String> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(|(status, body)| {
+            assert_eq!(status, 200, "{body}");
+            body["conversationId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let pool = rest.env.pool().await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let participants: i64 = sqlx::query_scalar("SELECT count(*) FROM participants")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((rows, participants), (1, 2));
+}
+
+#[tokio::test]
+async fn groups_are_created_and_validated() {
+    let rest = Rest::start().await;
+    let title = "é".repeat(300);
+    let first = rest.group("gus", &["hal", "ida"], &title).await;
+    let second = rest.group("gus", &["hal", "ida"], &title).await;
+    assert_ne!(first, second, "a group is always new");
+    let (status, body) = rest
+        .client("ida")
+        .get(&format!("/conversations/{first}"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["isGroup"], true);
+    assert_eq!(body["title"], title.as_str());
+    assert!(["gus", "hal"].contains(&body["participantId"].as_str().unwrap()));
+    let (_, body) = rest
+        .client("hal")
+        .get(&format!("/conversations/{first}/participants"))
+        .await;
+    assert_eq!(body, json!(["gus", "hal", "ida"]));
+
+    let gus = rest.client("gus");
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"recipientIdArr": ["a", "b"], "title": "t"}),
+            "isGroup",
+        ),
+        (
+            json!({"recipientIdArr": ["a", "b"], "isGroup": "yes", "title": "t"}),
+            "isGroup",
+        ),
+        (json!({"isGroup": true, "title": "t"}), "recipientIdArr"),
+        (
+            json!({"recipientIdArr": "a", "isGroup": true, "title": "t"}),
+            "recipientIdArr",
+        ),
+        (
+            json!({"recipientIdArr": ["a"], "isGroup": true, "title": "t"}),
+            "recipientIdArr",
+        ),
+        (
+            json!({"recipientIdArr": ["a", "a"], "isGroup": true, "title": "t"}),
+            "recipientIdArr",
+        ),
+        (
+            json!({"recipientIdArr": ["gus", "a"], "isGroup": true, "title": "t"}),
+            "recipientIdArr",
+        ),
+        (
+            json!({"recipientIdArr": ["", "a"], "isGroup": true, "title": "t"}),
+            "recipientIdArr",
+        ),
+        (
+            json!({"recipientIdArr": ["x".repeat(51), "a"], "isGroup": true, "title": "t"}),
+            "recipientIdArr",
+        ),
+        (
+            json!({"recipientIdArr": [1, "a"], "isGroup": true, "title": "t"}),
+            "recipientIdArr",
+        ),
+        (
+            json!({"recipientIdArr": [], "isGroup": false}),
+            "recipientIdArr",
+        ),
+        (
+            json!({"recipientIdArr": ["a", "b"], "isGroup": false}),
+            "recipientIdArr",
+        ),
+        (
+            json!({"recipientIdArr": ["gus"], "isGroup": false}),
+            "recipientIdArr",
+        ),
+        (
+            json!({"recipientIdArr": ["a", "b"], "isGroup": true}),
+            "title",
+        ),
+        (
+            json!({"recipientIdArr": ["a", "b"], "isGroup": true, "title": ""}),
+            "title",
+        ),
+        (
+            json!({"recipientIdArr": ["a", "b"], "isGroup": true, "title": "  \t "}),
+            "title",
+        ),
+        (
+            json!({"recipientIdArr": ["a", "b"], "isGroup": true, "title": "é".repeat(301)}),
+            "title",
+        ),
+        (
+            json!({"recipientIdArr": ["a", "b"], "isGroup": true, "title": 7}),
+            "title",
+        ),
+        (json!(["not", "an", "object"]), "body"),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = gus.post("/conversation", &body).await;
+        assert_error(status, &answer, 400, field);
+    }
+    assert_eq!(
+        gus.post(
+            "/conversation",
+            &json!({"recipientIdArr": ["a", "b"], "title": "t"})
+        )
+        .await
+        .1["message"],
+        "Missing 'isGroup' in event body"
+    );
+    // A body that is not JSON at all.
+    let response = reqwest::Client::new()
+        .post(format!("{}/conversation", rest.base))
+        .header("Authorization", rest.env.token("gus"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn conversation_list_and_read_state() {
+    let rest = Rest::start().await;
+    let with_bob = rest.direct("ann", "bob").await;
+    let with_cid = rest.direct("ann", "cid").await;
+    let group = rest.group("cid", &["ann", "bob"], "trio").await;
+    let ann = rest.client("ann");
+
+    // Conversations without messages are not listed.
+    assert_eq!(ann.get("/conversations").await, (200, json!([])));
+
+    rest.send(with_bob, &[("bob", "hi ann")], None).await;
+    rest.send(with_cid, &[("ann", "hello cid")], None).await;
+    rest.send(
+        group,
+        &[("bob", "group hello"), ("cid", "group latest")],
+        None,
+    )
+    .await;
+
+    let (status, list) = ann.get("/conversations").await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["conversationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            group.to_string(),
+            with_cid.to_string(),
+            with_bob.to_string()
+        ],
+        "newest first"
+    );
+    let first = &list[0];
+    let keys: HashSet<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        HashSet::from([
+            "conversationId",
+            "title",
+            "isGroup",
+            "sentAt",
+            "latestContent",
+            "senderId",
+            "participantId",
+            "isRead"
+        ])
+    );
+    assert_eq!(first["title"], "trio");
+    assert_eq!(first["isGroup"], true);
+    assert_eq!(first["latestContent"], "group latest");
+    assert_eq!(first["senderId"], "cid");
+    assert_ne!(first["participantId"], "ann");
+    assert!(
+        is_contract_timestamp(&first["sentAt"]),
+        "{}",
+        first["sentAt"]
+    );
+    // Unread: bob's and the group's latest; ann's own message counts as read.
+    let read_states: Vec<bool> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["isRead"].as_bool().unwrap())
+        .collect();
+    assert_eq!(read_states, [false, true, false]);
+    assert_eq!(list[1]["participantId"], "cid");
+    assert_eq!(list[2]["participantId"], "bob");
+
+    let (_, unread) = ann.get("/conversations?isRead=false").await;
+    assert_eq!(unread.as_array().unwrap().len(), 2);
+    let (_, read) = ann.get("/conversations?isRead=true").await;
+    assert_eq!(read.as_array().unwrap().len(), 1);
+    assert_eq!(read[0]["conversationId"], with_cid.to_string());
+
+    // Reading moves the marker; a newer message from someone else makes it unread again.
+    rest.read(group, "ann").await;
+    rest.eventually(|| async {
+        ann.get("/conversations?isRead=false")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    rest.send(group, &[("bob", "one more")], None).await;
+    let (_, unread) = ann.get("/conversations?isRead=false").await;
+    assert_eq!(unread.as_array().unwrap().len(), 2);
+    // Bob's own latest message is read for bob.
+    let (_, bobs) = rest.client("bob").get("/conversations").await;
+    assert_eq!(bobs[0]["conversationId"], group.to_string());
+    assert_eq!(bobs[0]["isRead"], true);
+
+    for bad in ["maybe", "TRUE", "1", ""] {
+        let (status, body) = ann.get(&format!("/conversations?isRead={bad}")).await;
+        assert_error(status, &body, 400, "isRead");
+    }
+}
+
+#[tokio::test]
+async fn history_pages_follow_the_log() {
+    let rest = Rest::start().await;
+    let id = rest.direct("web", "pal").await;
+    // 40 messages that all share one sentAt: only the log orders them.
+    let same_instant = Timestamp::now();
+    let contents: Vec<String> = (1..=40).map(|i| format!("m{i}")).collect();
+    let messages: Vec<(&str, &str)> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (if i % 2 == 0 { "web" } else { "pal" }, c.as_str()))
+        .collect();
+    rest.send(id, &messages, Some(same_instant)).await;
+    let web = rest.client("web");
+    let page = |q: &'static str| {
+        let web = web.clone();
+        async move {
+            let (status, body) = web.get(&format!("/conversations/{id}/messages?{q}")).await;
+            assert_eq!(status, 200, "{body}");
+            body.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["content"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let names =
+        |range: std::ops::RangeInclusive<usize>| range.map(|i| format!("m{i}")).collect::<Vec<_>>();
+    // The web client's sequence.
+    assert_eq!(page("limit=15&offset=0&order=asc").await, names(26..=40));
+    assert_eq!(page("limit=20&offset=15&order=asc").await, names(6..=25));
+    assert_eq!(page("limit=20&offset=35&order=asc").await, names(1..=5));
+    // Defaults: 20 newest, newest first.
+    let mut newest: Vec<String> = names(21..=40);
+    newest.reverse();
+    assert_eq!(page("").await, newest);
+    assert_eq!(page("limit=20&offset=40").await, Vec::<String>::new());
+
+    let (_, body) = web
+        .get(&format!("/conversations/{id}/messages?limit=1"))
+        .await;
+    let message = &body[0];
+    let keys: HashSet<&str> = message
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        HashSet::from([
+            "messageId",
+            "conversationId",
+            "sentAt",
+            "senderId",
+            "content"
+        ])
+    );
+    assert_eq!(message["sentAt"], same_instant.to_string());
+    assert_eq!(message["senderId"], "pal");
+    assert!(
+        message["messageId"]
+            .as_str()
+            .unwrap()
+            .parse::<Uuid>()
+            .is_ok()
+    );
+
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=ten", "limit"),
+        ("offset=-1", "offset"),
+        ("offset=x", "offset"),
+        ("order=up", "order"),
+    ] {
+        let (status, body) = web
+            .get(&format!("/conversations/{id}/messages?{query}"))
+            .await;
+        assert_error(status, &body, 400, field);
+    }
+}
+
+#[tokio::test]
+async fn scoped_reads_check_existence_and_participation() {
+    let rest = Rest::start().await;
+    let id = rest.direct("pia", "quinn").await;
+    let outsider = rest.client("mallory");
+    let unknown = Uuid::new_v4();
+    for suffix in ["", "/messages", "/participants"] {
+        let (status, body) = outsider.get(&format!("/conversations/{id}{suffix}")).await;
+        assert_eq!(status, 403, "{suffix}: {body}");
+        assert_eq!(body["error"], "not_participant");
+        let (status, body) = outsider
+            .get(&format!("/conversations/{unknown}{suffix}"))
+            .await;
+        assert_eq!(status, 404, "{suffix}: {body}");
+        let (status, body) = outsider
+            .get(&format!("/conversations/not-a-uuid{suffix}"))
+            .await;
+        assert_error(status, &body, 400, "conversationId");
+    }
+    let (status, body) = outsider.get("/no/such/route").await;
+    assert_eq!((status, &body["error"]), (404, &json!("not_found")));
+}
+
+#[tokio::test]
+async fn every_route_requires_a_valid_token() {
+    let rest = Rest::start().await;
+    let id = rest.direct("tess", "uma").await;
+    let http = reqwest::Client::new();
+    let expired = token_with(json!({"sub": "tess", "exp": now_secs() - 3600}));
+    let no_exp = token_with(json!({"sub": "tess"}));
+    let empty_user = token_with(json!({"sub": "", "exp": now_secs() + 60}));
+    let long_user = token_with(json!({"sub": "x".repeat(51), "exp": now_secs() + 60}));
+    // alg none: header {"alg":"none"} and no signature.
+    let none = format!(
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+        base64url(&json!({"sub": "tess", "exp": now_secs() + 60}).to_string())
+    );
+    let wrong_secret = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "tess", "exp": now_secs() + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(b"not the secret"),
+    )
+    .unwrap();
+    let routes = [
+        ("POST", "/conversation".to_owned()),
+        ("GET", "/conversation/direct/uma".to_owned()),
+        ("GET", "/conversations".to_owned()),
+        ("GET", format!("/conversations/{id}")),
+        ("GET", format!("/conversations/{id}/messages")),
+        ("GET", format!("/conversations/{id}/participants")),
+    ];
+    for (method, path) in &routes {
+        for token in [
+            None,
+            Some("garbage"),
+            Some(&expired),
+            Some(&no_exp),
+            Some(&none),
+            Some(&wrong_secret),
+            Some(&empty_user),
+            Some(&long_user),
+        ] {
+            let mut request = http.request(method.parse().unwrap(), format!("{}{path}", rest.base));
+            if let Some(token) = token {
+                request = request.header("Authorization", token);
+            }
+            if *method == "POST" {
+                request = request.json(&json!({"recipientIdArr": ["uma"], "isGroup": false}));
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{method} {path} with {token:?}");
+            let body: Value = response.json().await.unwrap();
+            assert!(body["error"].is_string() && body["message"].is_string());
+        }
+        // Raw and Bearer both work.
+        for header in [
+            rest.env.token("tess"),
+            format!("Bearer {}", rest.env.token("tess")),
+        ] {
+            let mut request = http
+                .request(method.parse().unwrap(), format!("{}{path}", rest.base))
+                .header("Authorization", header);
+            if *method == "POST" {
+                request = request.json(&json!({"recipientIdArr": ["uma"], "isGroup": false}));
+            }
+            assert_eq!(
+                request.send().await.unwrap().status(),
+                200,
+                "{method} {path}"
+            );
+        }
+    }
+}
+
+fn base64url(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn cors_preflight_on_every_route_and_base_path() {
+    let rest = Rest::start_with(&[
+        ("CHAT_BASE_PATH", "/prod/"),
+        (
+            "CHAT_CORS_ORIGINS",
+            "http://localhost:4200,https://chat.pagenow.example,chrome-extension://*",
+        ),
+    ])
+    .await;
+    let base = format!("{}/prod", rest.base);
+    let http = reqwest::Client::new();
+    let id = Uuid::new_v4();
+    let paths = [
+        "/conversation".to_owned(),
+        "/conversation/direct/x".to_owned(),
+        "/conversations".to_owned(),
+        format!("/conversations/{id}"),
+        format!("/conversations/{id}/messages"),
+        format!("/conversations/{id}/participants"),
+    ];
+    for path in &paths {
+        for origin in [
+            "http://localhost:4200",
+            "https://chat.pagenow.example",
+            "chrome-extension://abcdefgh",
+        ] {
+            let response = http
+                .request(reqwest::Method::OPTIONS, format!("{base}{path}"))
+                .header("Origin", origin)
+                .header("Access-Control-Request-Method", "POST")
+                .header(
+                    "Access-Control-Request-Headers",
+                    "authorization,content-type",
+                )
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                response.status().is_success(),
+                "{path} {origin}: {}",
+                response.status()
+            );
+            let headers = response.headers();
+            assert_eq!(headers["access-control-allow-origin"], origin);
+            let allowed_headers = headers["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .to_lowercase();
+            for h in ["content-type", "authorization", "x-amz-date", "x-api-key"] {
+                assert!(allowed_headers.contains(h), "{allowed_headers}");
+            }
+            let methods = headers["access-control-allow-methods"].to_str().unwrap();
+            for m in ["GET", "POST", "OPTIONS"] {
+                assert!(methods.contains(m), "{methods}");
+            }
+        }
+        let response = http
+            .request(reqwest::Method::OPTIONS, format!("{base}{path}"))
+            .header("Origin", "https://evil.example")
+            .header("Access-Control-Request-Method", "GET")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            !response
+                .headers()
+                .contains_key("access-control-allow-origin")
+        );
+    }
+    // Actual responses (errors included) carry the header for a configured origin only.
+    let response = http
+        .get(format!("{base}/conversations"))
+        .header("Origin", "http://localhost:4200")
+        .header("Authorization", rest.env.token("vic"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "http://localhost:4200"
+    );
+    let response = http
+        .get(format!("{base}/conversations"))
+        .header("Origin", "http://localhost:4200")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "http://localhost:4200"
+    );
+    let response = http
+        .get(format!("{base}/conversations"))
+        .header("Origin", "https://evil.example")
+        .header("Authorization", rest.env.token("vic"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    // The routes live under the base path only.
+    let response = http
+        .get(format!("{}/conversations", rest.base))
+        .header("Authorization", rest.env.token("vic"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let _ = &rest.api;
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let rest = Rest::start().await;
+    let (status, doc) = RestClient::new(&rest.base, "").get("/openapi.json").await;
+    assert_eq!(status, 200);
+    let documented: HashSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let routed: HashSet<(String, String)> = api::operations()
+        .into_iter()
+        .map(|(method, path, _)| (method.to_string(), path.to_owned()))
+        .collect();
+    assert_eq!(documented, routed);
+
+    // Every documented operation answers with one of its documented statuses, and a 200 body
+    // carries the documented required fields.
+    let id = rest.direct("wes", "xia").await;
+    rest.send(id, &[("xia", "hello")], None).await;
+    let wes = rest.client("wes");
+    for (method, path) in &documented {
+        let concrete = path
+            .replace("{conversationId}", &id.to_string())
+            .replace("{userId}", "xia");
+        let (status, body) = if method == "POST" {
+            wes.post(
+                &concrete,
+                &json!({"recipientIdArr": ["xia"], "isGroup": false}),
+            )
+            .await
+        } else {
+            wes.get(&concrete).await
+        };
+        let operation = &doc["paths"][path][method.to_lowercase()];
+        assert!(
+            operation["responses"][status.to_string()].is_object(),
+            "{method} {path} answered {status}"
+        );
+        let schema = &operation["responses"]["200"]["content"]["application/json"]["schema"];
+        let schema = resolve(&doc, schema);
+        let items = if schema["type"] == "array" {
+            body.as_array().unwrap().clone()
+        } else {
+            vec![body.clone()]
+        };
+        let item_schema = if schema["type"] == "array" {
+            resolve(&doc, &schema["items"])
+        } else {
+            schema.clone()
+        };
+        for item in items {
+            for field in item_schema["required"].as_array().into_iter().flatten() {
+                assert!(
+                    item.get(field.as_str().unwrap()).is_some(),
+                    "{method} {path}: {field} missing in {item}"
+                );
+            }
+        }
+    }
+}
+
+fn resolve(doc: &Value, schema: &Value) -> Value {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.trim_start_matches("#/components/schemas/");
+        return doc["components"]["schemas"][name].clone();
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        return resolve(doc, &all[0]);
+    }
+    schema.clone()
+}
