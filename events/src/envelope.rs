@@ -36,13 +36,32 @@ impl Event {
         }
     }
 
-    /// The schema version this code writes for the type.
+    /// The schema version this code writes for the type: its current version.
     pub fn version(&self) -> u32 {
-        match self {
-            Event::ConversationCreated(_) => 1,
-            Event::MessageSent(_) => 1,
-            Event::MessagesRead(_) => 1,
-        }
+        crate::upcast::LOG
+            .current(self.type_name())
+            .expect("every event type is in the log's history")
+    }
+
+    /// Reads the `data` of the current version of `type_name` (a type [`crate::upcast::LOG`]
+    /// knows).
+    fn from_data(type_name: &str, data: &str) -> Result<Self, serde_json::Error> {
+        Ok(match type_name {
+            "ConversationCreated" => Event::ConversationCreated(serde_json::from_str(data)?),
+            "MessageSent" => Event::MessageSent(serde_json::from_str(data)?),
+            "MessagesRead" => Event::MessagesRead(serde_json::from_str(data)?),
+            other => unreachable!("{other} is in the log's history but not in Event"),
+        })
+    }
+
+    /// [`Event::from_data`] from upcast data.
+    fn from_value(type_name: &str, data: serde_json::Value) -> Result<Self, serde_json::Error> {
+        Ok(match type_name {
+            "ConversationCreated" => Event::ConversationCreated(serde_json::from_value(data)?),
+            "MessageSent" => Event::MessageSent(serde_json::from_value(data)?),
+            "MessagesRead" => Event::MessagesRead(serde_json::from_value(data)?),
+            other => unreachable!("{other} is in the log's history but not in Event"),
+        })
     }
 
     /// The conversation the event belongs to: the partition key.
@@ -139,20 +158,16 @@ impl Envelope {
             version: wire.version,
             source,
         };
-        let data = wire.data.get();
-        let event = match (wire.type_name.as_str(), wire.version) {
-            ("ConversationCreated", 1) => {
-                Event::ConversationCreated(serde_json::from_str(data).map_err(body)?)
-            }
-            ("MessageSent", 1) => Event::MessageSent(serde_json::from_str(data).map_err(body)?),
-            ("MessagesRead", 1) => Event::MessagesRead(serde_json::from_str(data).map_err(body)?),
-            ("ConversationCreated" | "MessageSent" | "MessagesRead", version) => {
-                return Err(DecodeError::UnknownVersion {
-                    type_name: wire.type_name,
-                    version,
-                });
-            }
-            (other, _) => return Err(DecodeError::UnknownType(other.to_owned())),
+        let current = crate::upcast::LOG
+            .current(&wire.type_name)
+            .ok_or_else(|| DecodeError::UnknownType(wire.type_name.clone()))?;
+        let event = if wire.version == current {
+            Event::from_data(&wire.type_name, wire.data.get()).map_err(body)?
+        } else {
+            // An older version: upcast its data step by step, then read it as the current one.
+            let data: serde_json::Value = serde_json::from_str(wire.data.get()).map_err(body)?;
+            let data = crate::upcast::LOG.upcast(&wire.type_name, wire.version, data)?;
+            Event::from_value(&wire.type_name, data).map_err(body)?
         };
         Ok(Self {
             event_id: wire.event_id,

@@ -8,11 +8,14 @@
 //! This crate knows nothing of Kafka, SQL or sockets; it only says what an event is.
 
 mod envelope;
+pub mod schema;
 mod time;
+pub mod upcast;
 
 pub use envelope::{DecodeError, Envelope, Event};
 pub use time::Timestamp;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -24,7 +27,7 @@ pub const MAX_CONTENT_CHARS: usize = 1000;
 pub const MAX_TITLE_CHARS: usize = 300;
 
 /// A conversation came into being with its participants, which never change afterwards.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConversationCreated {
     pub conversation_id: Uuid,
@@ -38,7 +41,7 @@ pub struct ConversationCreated {
 }
 
 /// A participant sent a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MessageSent {
     pub conversation_id: Uuid,
@@ -52,7 +55,7 @@ pub struct MessageSent {
 }
 
 /// A participant read every message of a conversation that precedes this event in the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MessagesRead {
     pub conversation_id: Uuid,
