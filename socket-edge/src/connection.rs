@@ -1,0 +1,456 @@
+//! One WebSocket connection: authenticate and register before the upgrade, then read frames
+//! one at a time (in order) while a writer task drains the connection's bounded outbox.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use events::{Envelope, Event, MessageSent, MessagesRead, Timestamp};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::delivery::Outbox;
+use crate::frames::{self, Code, Command, Rejection, SendMessage, ServerFrame};
+use crate::recent_sends::Claim;
+use crate::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, Edge};
+
+/// `GET <base>/?Authorization=<jwt>`: 401 without a valid token, 429 over the per-user limit,
+/// otherwise the upgrade.
+pub async fn upgrade(
+    State(edge): State<Arc<Edge>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let token = token_from_query(query.as_deref()).or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(Cow::Borrowed)
+    });
+    let Some(token) = token else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Missing 'Authorization'",
+        );
+    };
+    let user = match edge.verifier.verify(&token).await {
+        Ok(user) => user.into_string(),
+        Err(e) if e.is_server_fault() => {
+            tracing::error!(error = %e, "cannot verify tokens");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "cannot verify the token now",
+            );
+        }
+        Err(e) => {
+            metrics::counter!("chat_ws_refused_total", "reason" => "unauthorized").increment(1);
+            return refuse(StatusCode::UNAUTHORIZED, e.code(), "invalid token");
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if *edge.shutdown.borrow() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "this edge is shutting down",
+        );
+    }
+    let connection = Uuid::new_v4();
+    match edge
+        .presence
+        .register(&user, connection, edge.limits.max_connections_per_user)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            metrics::counter!("chat_ws_refused_total", "reason" => "too_many_connections")
+                .increment(1);
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "this user has too many open connections",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register a connection in Redis");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "cannot register the connection now",
+            );
+        }
+    }
+    let failed = (edge.clone(), user.clone());
+    upgrade
+        .max_message_size(edge.limits.max_frame_bytes)
+        .max_frame_size(edge.limits.max_frame_bytes)
+        // Small buffers keep an idle connection cheap; frames are small.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_failed_upgrade(move |e| {
+            tracing::debug!(error = %e, "upgrade failed");
+            let (edge, user) = failed;
+            tokio::spawn(async move {
+                let _ = edge.presence.unregister(&user, connection).await;
+            });
+        })
+        .on_upgrade(move |socket| {
+            let (handler, queue) = Handler::new(edge, user, connection);
+            handler.run(socket, queue)
+        })
+}
+
+/// The raw token of `?Authorization=<jwt>`: the client does not URL-encode it (a JWT needs no
+/// encoding), but a percent-encoded one is decoded too.
+fn token_from_query(query: Option<&str>) -> Option<Cow<'_, str>> {
+    query?.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.eq_ignore_ascii_case("Authorization")
+            .then(|| percent_encoding::percent_decode_str(value).decode_utf8_lossy())
+    })
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": code, "message": message })),
+    )
+        .into_response()
+}
+
+/// Why a connection ended, as the writer closes it.
+enum Ending {
+    /// The client closed or vanished.
+    ClientGone,
+    /// SIGTERM: 1001.
+    GoingAway,
+    /// A frame over the size limit: 1009.
+    TooBig,
+}
+
+/// One connection's reader: frames are handled one after another, so they are appended in the
+/// order they were sent.
+pub struct Handler {
+    edge: Arc<Edge>,
+    user: String,
+    connection: Uuid,
+    /// Where this connection's frames (deliveries and answers) queue for the writer.
+    outbox: Outbox,
+}
+
+impl Handler {
+    /// A handler and the receiving end of its outbox (for the writer task).
+    fn new(edge: Arc<Edge>, user: String, connection: Uuid) -> (Self, mpsc::Receiver<Utf8Bytes>) {
+        let (frames, queue) = mpsc::channel(edge.limits.outbound_queue);
+        let outbox = Outbox {
+            connection,
+            frames,
+            overflowed: Arc::new(Notify::new()),
+        };
+        (
+            Self {
+                edge,
+                user,
+                connection,
+                outbox,
+            },
+            queue,
+        )
+    }
+}
+
+impl Handler {
+    async fn run(self, socket: WebSocket, queue: mpsc::Receiver<Utf8Bytes>) {
+        let (sink, mut stream) = socket.split();
+        self.edge.held.insert(&self.user, self.outbox.clone());
+        metrics::gauge!("chat_open_connections").increment(1.0);
+        tracing::debug!(user = %self.user, connection = %self.connection, "connected");
+
+        let (close_tx, close_rx) = oneshot::channel();
+        let mut writer = tokio::spawn(write_frames(
+            sink,
+            queue,
+            self.outbox.overflowed.clone(),
+            close_rx,
+            self.edge.limits.close_grace,
+        ));
+        let mut shutdown = self.edge.shutdown.clone();
+        let ending = loop {
+            tokio::select! {
+                _ = crate::stopping(&mut shutdown) => break Some(Ending::GoingAway),
+                _ = &mut writer => break None,
+                frame = stream.next() => match frame {
+                    Some(Ok(Message::Text(text))) => self.handle(&text).await,
+                    Some(Ok(Message::Binary(_))) => self.reject(Rejection::new(
+                        Code::InvalidFrame,
+                        "binary frames are not supported; send JSON text",
+                    )),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break Some(Ending::ClientGone),
+                    Some(Err(e)) => break Some(if is_too_big(e) { Ending::TooBig } else { Ending::ClientGone }),
+                },
+            }
+        };
+
+        // No more deliveries, then the writer closes the socket; the registration goes last but
+        // before the socket is dropped, so a graceful shutdown leaves nothing behind in Redis.
+        self.edge.held.remove(&self.user, self.connection);
+        if let Some(ending) = ending {
+            let _ = close_tx.send(ending);
+            let _ = tokio::time::timeout(self.edge.limits.close_grace * 2, &mut writer).await;
+        }
+        if let Err(e) = self
+            .edge
+            .presence
+            .unregister(&self.user, self.connection)
+            .await
+        {
+            tracing::warn!(error = %e, connection = %self.connection, "cannot unregister; it will expire");
+        }
+        metrics::gauge!("chat_open_connections").decrement(1.0);
+        tracing::debug!(user = %self.user, connection = %self.connection, "disconnected");
+        drop(stream);
+    }
+
+    async fn handle(&self, text: &str) {
+        let command = match frames::parse(text) {
+            Ok(command) => command,
+            Err(rejection) => return self.reject(rejection),
+        };
+        let result = match command {
+            Command::Heartbeat => {
+                metrics::counter!("chat_ws_frames_total", "action" => "heartbeat").increment(1);
+                let me = [(self.user.clone(), self.connection)];
+                if let Err(e) = self.edge.presence.refresh(&me).await {
+                    tracing::warn!(error = %e, "cannot refresh a registration");
+                }
+                Ok(())
+            }
+            Command::SendMessage(send) => {
+                metrics::counter!("chat_ws_frames_total", "action" => "send-message").increment(1);
+                let echo = |r: Rejection| Rejection {
+                    temp_message_id: Some(send.temp_message_id.clone()),
+                    conversation_id: Some(send.conversation_id.to_string()),
+                    ..r
+                };
+                self.send_message(&send).await.map_err(echo)
+            }
+            Command::ReadMessages { conversation_id } => {
+                metrics::counter!("chat_ws_frames_total", "action" => "read-messages").increment(1);
+                self.read_messages(conversation_id)
+                    .await
+                    .map_err(|r| Rejection {
+                        conversation_id: Some(conversation_id.to_string()),
+                        ..r
+                    })
+            }
+        };
+        if let Err(rejection) = result {
+            self.reject(rejection);
+        }
+    }
+
+    async fn check_participant(&self, conversation: Uuid) -> Result<(), Rejection> {
+        match self.edge.store.participants(conversation).await {
+            Ok(Some(participants)) if participants.contains(&self.user) => Ok(()),
+            Ok(Some(_)) => Err(Rejection::new(
+                Code::NotParticipant,
+                "you are not a participant of this conversation",
+            )),
+            Ok(None) => Err(Rejection::new(
+                Code::UnknownConversation,
+                "no such conversation",
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read participants");
+                Err(unavailable("the conversation cannot be checked now"))
+            }
+        }
+    }
+
+    async fn send_message(&self, send: &SendMessage) -> Result<(), Rejection> {
+        self.check_participant(send.conversation_id).await?;
+        let message_id = Uuid::new_v4();
+        let sent = &self.edge.recent_sends;
+        let (user, conversation, temp) = (&self.user, send.conversation_id, &send.temp_message_id);
+        match sent.claim(user, conversation, temp, message_id).await {
+            Ok(Claim::New) => {}
+            Ok(Claim::Sent(frame)) => {
+                // A retry: answer with the original, append nothing.
+                self.outbox.push(frame.into());
+                return Ok(());
+            }
+            Ok(Claim::InFlight) => {
+                return Err(Rejection::new(
+                    Code::SendInProgress,
+                    "a message with this tempMessageId is being sent",
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot claim a tempMessageId in Redis");
+                return Err(unavailable("the message cannot be sent now; retry"));
+            }
+        }
+        let sent_at = Timestamp::now();
+        let event = MessageSent {
+            conversation_id: conversation,
+            message_id,
+            sender_id: self.user.clone(),
+            content: send.content.clone(),
+            temp_message_id: temp.clone(),
+            sent_at,
+        };
+        let frame = ServerFrame::NewMessage {
+            message_id,
+            temp_message_id: temp,
+            conversation_id: conversation,
+            sender_id: &self.user,
+            content: &send.content,
+            sent_at,
+        }
+        .to_json();
+        let envelope = Envelope {
+            event_id: Uuid::new_v4(),
+            accepted_at: sent_at,
+            event: Event::MessageSent(event),
+        };
+        match self.edge.writer.append(&envelope).await {
+            Ok(_) => {
+                if let Err(e) = sent.confirm(user, conversation, temp, &frame).await {
+                    tracing::warn!(error = %e, "cannot record a sent tempMessageId");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "send-message not appended");
+                if let Err(e) = sent.release(user, conversation, temp, message_id).await {
+                    tracing::warn!(error = %e, "cannot release a tempMessageId claim");
+                }
+                Err(unavailable(
+                    "the event log is unavailable; the message was not sent",
+                ))
+            }
+        }
+    }
+
+    async fn read_messages(&self, conversation: Uuid) -> Result<(), Rejection> {
+        self.check_participant(conversation).await?;
+        let envelope = Envelope::new(Event::MessagesRead(MessagesRead {
+            conversation_id: conversation,
+            user_id: self.user.clone(),
+        }));
+        self.edge
+            .writer
+            .append(&envelope)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "read-messages not appended");
+                unavailable("the event log is unavailable; nothing was marked read")
+            })
+    }
+
+    fn reject(&self, rejection: Rejection) {
+        metrics::counter!("chat_ws_rejections_total", "code" => rejection.code.as_str())
+            .increment(1);
+        self.outbox.push(rejection.to_frame().into());
+    }
+}
+
+fn unavailable(message: &str) -> Rejection {
+    Rejection::new(Code::Unavailable, message)
+}
+
+fn is_too_big(error: axum::Error) -> bool {
+    matches!(
+        error
+            .into_inner()
+            .downcast::<tungstenite::Error>()
+            .map(|e| *e),
+        Ok(tungstenite::Error::Capacity(_))
+    )
+}
+
+/// The writer task: drains the outbox into the socket until told to close, or until the outbox
+/// overflowed (4008). Every write races the overflow signal, so a client that stopped reading
+/// cannot pin this task.
+async fn write_frames(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut queue: mpsc::Receiver<Utf8Bytes>,
+    overflowed: Arc<Notify>,
+    mut close: oneshot::Receiver<Ending>,
+    close_grace: std::time::Duration,
+) {
+    let (code, reason) = loop {
+        tokio::select! {
+            biased;
+            _ = overflowed.notified() => break slow(),
+            ending = &mut close => match ending {
+                Ok(Ending::GoingAway) => break (CLOSE_GOING_AWAY, "server shutting down"),
+                Ok(Ending::TooBig) => break (CLOSE_TOO_BIG, "frame too large"),
+                Ok(Ending::ClientGone) | Err(_) => {
+                    let _ = tokio::time::timeout(close_grace, sink.close()).await;
+                    return;
+                }
+            },
+            frame = queue.recv() => {
+                let Some(frame) = frame else { return };
+                let write = async {
+                    sink.feed(Message::Text(frame)).await?;
+                    // Batch whatever else is already queued into one flush.
+                    while let Ok(more) = queue.try_recv() {
+                        sink.feed(Message::Text(more)).await?;
+                    }
+                    sink.flush().await
+                };
+                tokio::select! {
+                    biased;
+                    _ = overflowed.notified() => break slow(),
+                    written = write => if written.is_err() { return },
+                }
+            }
+        }
+    };
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(close_grace, sink.send(Message::Close(Some(frame)))).await;
+}
+
+fn slow() -> (u16, &'static str) {
+    metrics::counter!("chat_ws_slow_disconnects_total").increment(1);
+    (CLOSE_TOO_SLOW, "too slow: outbound queue full")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_raw_token() {
+        assert_eq!(
+            token_from_query(Some("Authorization=a.b-c_d.e")).as_deref(),
+            Some("a.b-c_d.e")
+        );
+        assert_eq!(
+            token_from_query(Some("x=1&authorization=Bearer%20t")).as_deref(),
+            Some("Bearer t")
+        );
+        assert_eq!(token_from_query(Some("x=1")), None);
+        assert_eq!(token_from_query(None), None);
+    }
+}

@@ -1,0 +1,337 @@
+//! The frames of the WebSocket contract: what a client may send (parsed and validated here,
+//! with a precise [`Rejection`] for everything else) and what the edge sends back.
+
+use events::{MAX_CONTENT_CHARS, Timestamp};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Longest accepted `tempMessageId`, in Unicode characters: it is part of a Redis key.
+pub const MAX_TEMP_MESSAGE_ID_CHARS: usize = 200;
+
+/// A valid client frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Heartbeat,
+    SendMessage(SendMessage),
+    ReadMessages { conversation_id: Uuid },
+}
+
+/// A valid `send-message` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendMessage {
+    pub conversation_id: Uuid,
+    pub content: String,
+    pub temp_message_id: String,
+}
+
+/// Why a client frame was refused: becomes an `error` frame on that connection only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: Code,
+    pub message: String,
+    /// Echoed when the rejected frame had one, so the client can match its optimistic copy.
+    pub temp_message_id: Option<String>,
+    pub conversation_id: Option<String>,
+}
+
+/// The stable `code` of an `error` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// The frame is not JSON.
+    InvalidJson,
+    /// The frame is JSON but not an object, or a binary frame.
+    InvalidFrame,
+    UnknownAction,
+    MissingField,
+    InvalidField,
+    /// `content` is blank or longer than [`MAX_CONTENT_CHARS`].
+    InvalidContent,
+    UnknownConversation,
+    NotParticipant,
+    /// The same `tempMessageId` is being sent right now (on another connection).
+    SendInProgress,
+    /// The event log, the projection or Redis did not answer: nothing happened, retry later.
+    Unavailable,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidJson => "invalid_json",
+            Code::InvalidFrame => "invalid_frame",
+            Code::UnknownAction => "unknown_action",
+            Code::MissingField => "missing_field",
+            Code::InvalidField => "invalid_field",
+            Code::InvalidContent => "invalid_content",
+            Code::UnknownConversation => "unknown_conversation",
+            Code::NotParticipant => "not_participant",
+            Code::SendInProgress => "send_in_progress",
+            Code::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl Rejection {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            temp_message_id: None,
+            conversation_id: None,
+        }
+    }
+
+    /// Echoes the identifying fields of the rejected frame, when it had them as strings.
+    fn echoing(mut self, frame: &Map<String, Value>) -> Self {
+        self.temp_message_id = frame
+            .get("tempMessageId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        self.conversation_id = frame
+            .get("conversationId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        self
+    }
+
+    /// The `error` frame sent back.
+    pub fn to_frame(&self) -> String {
+        to_json(&ServerFrame::Error {
+            code: self.code.as_str(),
+            message: &self.message,
+            temp_message_id: self.temp_message_id.as_deref(),
+            conversation_id: self.conversation_id.as_deref(),
+        })
+    }
+}
+
+/// Parses and validates one text frame.
+pub fn parse(text: &str) -> Result<Command, Rejection> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|_| Rejection::new(Code::InvalidJson, "the frame is not valid JSON"))?;
+    let Value::Object(frame) = value else {
+        return Err(Rejection::new(
+            Code::InvalidFrame,
+            "the frame is not a JSON object",
+        ));
+    };
+    parse_object(&frame).map_err(|rejection| rejection.echoing(&frame))
+}
+
+fn parse_object(frame: &Map<String, Value>) -> Result<Command, Rejection> {
+    let action = string_field(frame, "action")?;
+    match action {
+        "heartbeat" => Ok(Command::Heartbeat),
+        "send-message" => {
+            let conversation_id = uuid_field(frame, "conversationId")?;
+            let temp_message_id = string_field(frame, "tempMessageId")?;
+            let temp_chars = temp_message_id.chars().count();
+            if temp_chars == 0 || temp_chars > MAX_TEMP_MESSAGE_ID_CHARS {
+                return Err(Rejection::new(
+                    Code::InvalidField,
+                    format!("Invalid 'tempMessageId': 1 to {MAX_TEMP_MESSAGE_ID_CHARS} characters"),
+                ));
+            }
+            let content = string_field(frame, "content")?;
+            if content.trim().is_empty() {
+                return Err(Rejection::new(
+                    Code::InvalidContent,
+                    "Invalid 'content': it is empty or blank",
+                ));
+            }
+            if content.chars().count() > MAX_CONTENT_CHARS {
+                return Err(Rejection::new(
+                    Code::InvalidContent,
+                    format!("Invalid 'content': longer than {MAX_CONTENT_CHARS} characters"),
+                ));
+            }
+            Ok(Command::SendMessage(SendMessage {
+                conversation_id,
+                content: content.to_owned(),
+                temp_message_id: temp_message_id.to_owned(),
+            }))
+        }
+        "read-messages" => Ok(Command::ReadMessages {
+            conversation_id: uuid_field(frame, "conversationId")?,
+        }),
+        other => {
+            let shown: String = other.chars().take(50).collect();
+            Err(Rejection::new(
+                Code::UnknownAction,
+                format!("Unknown action '{shown}'"),
+            ))
+        }
+    }
+}
+
+fn string_field<'a>(frame: &'a Map<String, Value>, name: &str) -> Result<&'a str, Rejection> {
+    match frame.get(name) {
+        None | Some(Value::Null) => Err(Rejection::new(
+            Code::MissingField,
+            format!("Missing '{name}'"),
+        )),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(Rejection::new(
+            Code::InvalidField,
+            format!("Invalid '{name}': not a string"),
+        )),
+    }
+}
+
+fn uuid_field(frame: &Map<String, Value>, name: &str) -> Result<Uuid, Rejection> {
+    string_field(frame, name)?
+        .parse()
+        .map_err(|_| Rejection::new(Code::InvalidField, format!("Invalid '{name}': not a UUID")))
+}
+
+/// Every frame the edge sends.
+#[derive(Serialize)]
+#[serde(
+    tag = "type",
+    rename_all = "kebab-case",
+    rename_all_fields = "camelCase"
+)]
+pub enum ServerFrame<'a> {
+    NewMessage {
+        message_id: Uuid,
+        temp_message_id: &'a str,
+        conversation_id: Uuid,
+        sender_id: &'a str,
+        content: &'a str,
+        sent_at: Timestamp,
+    },
+    ReadMessages {
+        conversation_id: Uuid,
+        user_id: &'a str,
+    },
+    Error {
+        code: &'static str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        temp_message_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        conversation_id: Option<&'a str>,
+    },
+}
+
+impl ServerFrame<'_> {
+    pub fn to_json(&self) -> String {
+        to_json(self)
+    }
+}
+
+fn to_json<T: Serialize>(frame: &T) -> String {
+    serde_json::to_string(frame).expect("frames serialise to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> Code {
+        parse(text).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_the_three_actions() {
+        assert_eq!(parse(r#"{"action":"heartbeat"}"#), Ok(Command::Heartbeat));
+        let id = Uuid::new_v4();
+        let sent = parse(&format!(
+            r#"{{"action":"send-message","conversationId":"{id}","content":" hi ","tempMessageId":"t1"}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            sent,
+            Command::SendMessage(SendMessage {
+                conversation_id: id,
+                content: " hi ".into(),
+                temp_message_id: "t1".into()
+            })
+        );
+        assert_eq!(
+            parse(&format!(
+                r#"{{"action":"read-messages","conversationId":"{id}"}}"#
+            )),
+            Ok(Command::ReadMessages {
+                conversation_id: id
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_with_precise_codes() {
+        let id = Uuid::new_v4();
+        assert_eq!(code("{"), Code::InvalidJson);
+        assert_eq!(code("[1]"), Code::InvalidFrame);
+        assert_eq!(code("{}"), Code::MissingField);
+        assert_eq!(code(r#"{"action":7}"#), Code::InvalidField);
+        assert_eq!(code(r#"{"action":"dance"}"#), Code::UnknownAction);
+        assert_eq!(
+            code(
+                r#"{"action":"send-message","conversationId":"nope","content":"x","tempMessageId":"t"}"#
+            ),
+            Code::InvalidField
+        );
+        let send = |content: &str| {
+            format!(
+                r#"{{"action":"send-message","conversationId":"{id}","content":{},"tempMessageId":"t9"}}"#,
+                serde_json::to_string(content).unwrap()
+            )
+        };
+        assert_eq!(code(&send(" \n\t ")), Code::InvalidContent);
+        assert_eq!(code(&send("")), Code::InvalidContent);
+        assert_eq!(code(&send(&"é".repeat(1001))), Code::InvalidContent);
+        assert!(
+            parse(&send(&"👋".repeat(1000))).is_ok(),
+            "characters, not bytes"
+        );
+        let rejection = parse(&send("")).unwrap_err();
+        assert_eq!(rejection.temp_message_id.as_deref(), Some("t9"));
+        assert_eq!(rejection.conversation_id, Some(id.to_string()));
+        assert_eq!(
+            code(&format!(
+                r#"{{"action":"send-message","conversationId":"{id}","content":"x"}}"#
+            )),
+            Code::MissingField
+        );
+    }
+
+    #[test]
+    fn error_frames_omit_absent_fields() {
+        let frame = Rejection::new(Code::InvalidJson, "bad").to_frame();
+        assert_eq!(
+            frame,
+            r#"{"type":"error","code":"invalid_json","message":"bad"}"#
+        );
+    }
+
+    #[test]
+    fn new_message_frame_has_the_contract_fields() {
+        let id = Uuid::nil();
+        let sent_at: Timestamp = serde_json::from_str("\"2021-09-26T10:33:11.123Z\"").unwrap();
+        let frame = ServerFrame::NewMessage {
+            message_id: id,
+            temp_message_id: "t1",
+            conversation_id: id,
+            sender_id: "alice",
+            content: "hi",
+            sent_at,
+        }
+        .to_json();
+        let value: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(value["type"], "new-message");
+        assert_eq!(value["tempMessageId"], "t1");
+        assert_eq!(value["senderId"], "alice");
+        assert_eq!(value["sentAt"], "2021-09-26T10:33:11.123Z");
+        let read = ServerFrame::ReadMessages {
+            conversation_id: id,
+            user_id: "bob",
+        }
+        .to_json();
+        assert_eq!(
+            read,
+            format!(r#"{{"type":"read-messages","conversationId":"{id}","userId":"bob"}}"#)
+        );
+    }
+}
