@@ -1,1 +1,9 @@
+//! The operator's side of the log as the source of truth: rebuild the projection from the log,
+//! verify it against the log, export the log for analytics. `chatctl` is the command line over
+//! these modules; tests call them in-process too.
 
+pub mod export;
+pub mod log;
+pub mod rebuild;
+pub mod replay;
+pub mod verify;

@@ -6,21 +6,24 @@
 //! rebalance or a replay leaves the tables as one uninterrupted run would. Kafka's own committed
 //! offsets are only a hint for where to resume reading (and for lag monitoring).
 //!
-//! A record that cannot be decoded goes to the dead-letter topic with the reason and its
-//! original position; the projector moves on. A database fault is retried, never skipped.
+//! A record that cannot be decoded, or whose event the database refuses as data, goes to the
+//! dead-letter topic with the reason and its original position; the projector moves on. A
+//! database fault (an outage) is retried, never skipped.
 
+pub mod dead_letter;
 pub mod fold;
+pub mod folder;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+pub use dead_letter::{DeadLetters, dead_letter_topic};
 use events::Envelope;
-use fold::{Batch, Positioned};
+pub use folder::{Folder, Outcome, Poison};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use sqlx::PgPool;
@@ -39,11 +42,22 @@ pub struct ProjectorArgs {
 
 /// A record as read from the log, before decoding.
 #[derive(Debug, Clone)]
-struct Record {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Record {
+    pub fn from_message(message: &impl Message) -> Self {
+        Record {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        }
+    }
 }
 
 /// Logs rebalances and publishes the consumer lag that librdkafka reports.
@@ -80,10 +94,9 @@ impl ConsumerContext for Context {
 /// Folds the log into Postgres.
 pub struct Projector {
     consumer: Arc<StreamConsumer<Context>>,
-    dead_letters: FutureProducer,
+    folder: Folder,
     pool: PgPool,
     topic: String,
-    dead_letter_topic: String,
     max_batch: usize,
     /// False while the last batch could not be applied (the database is down, say).
     healthy: Arc<AtomicBool>,
@@ -100,17 +113,12 @@ impl Projector {
             .set("fetch.wait.max.ms", "10")
             .create_with_context(Context)?;
         consumer.subscribe(&[&kafka.topic])?;
-        let dead_letters: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()?;
+        let dead_letters = DeadLetters::new(kafka)?;
         Ok(Self {
             consumer: Arc::new(consumer),
-            dead_letters,
+            folder: Folder::new(&kafka.topic, Some(dead_letters)),
             pool,
             topic: kafka.topic.clone(),
-            dead_letter_topic: dead_letter_topic(&kafka.topic),
             max_batch: args.max_batch.max(1),
             healthy: Arc::new(AtomicBool::new(true)),
         })
@@ -163,9 +171,13 @@ impl Projector {
                 () = &mut shutdown => return Ok(()),
             };
             let mut backoff = Duration::from_millis(100);
+            let started = Instant::now();
             loop {
-                match self.apply(&records).await {
-                    Ok(()) => {
+                match self.folder.apply(&self.pool, &records).await {
+                    Ok(outcome) => {
+                        outcome.record_metrics();
+                        metrics::histogram!("chat_projector_batch_seconds")
+                            .record(started.elapsed().as_secs_f64());
                         self.healthy.store(true, Ordering::Relaxed);
                         break;
                     }
@@ -190,7 +202,7 @@ impl Projector {
         loop {
             match self.consumer.recv().await {
                 Ok(message) => {
-                    records.push(record(&message));
+                    records.push(Record::from_message(&message));
                     break;
                 }
                 Err(e) => {
@@ -202,7 +214,7 @@ impl Projector {
         let gather_until = tokio::time::Instant::now() + Duration::from_millis(2);
         while records.len() < self.max_batch {
             match tokio::time::timeout_at(gather_until, self.consumer.recv()).await {
-                Ok(Ok(message)) => records.push(record(&message)),
+                Ok(Ok(message)) => records.push(Record::from_message(&message)),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "reading the log failed");
                     break;
@@ -211,99 +223,6 @@ impl Projector {
             }
         }
         records
-    }
-
-    /// Applies the records not yet applied, with their positions, in one transaction.
-    async fn apply(&self, records: &[Record]) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let partitions: Vec<i32> = records
-            .iter()
-            .map(|r| r.partition)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut tx = self.pool.begin().await?;
-        let stored = fold::lock_positions(&mut tx, &self.topic, &partitions).await?;
-        let fresh = records
-            .iter()
-            .filter(|r| r.offset >= stored.get(&r.partition).copied().unwrap_or(0));
-
-        let mut events = Vec::new();
-        let mut next: HashMap<i32, i64> = HashMap::new();
-        for record in fresh {
-            next.insert(record.partition, record.offset + 1);
-            match decode(record) {
-                Ok(envelope) => events.push(Positioned {
-                    partition: record.partition,
-                    offset: record.offset,
-                    envelope,
-                }),
-                Err(reason) => self.dead_letter(record, &reason).await?,
-            }
-        }
-        if next.is_empty() {
-            return Ok(()); // a replay of what is applied already
-        }
-        let batch = Batch::new(&events);
-        batch.apply(&mut tx).await?;
-        fold::store_positions(&mut tx, &self.topic, &next).await?;
-        tx.commit().await?;
-
-        for (type_name, count) in &batch.counts {
-            metrics::counter!("chat_events_projected_total", "type" => *type_name)
-                .increment(*count);
-        }
-        metrics::histogram!("chat_projector_batch_seconds").record(started.elapsed().as_secs_f64());
-        tracing::debug!(events = events.len(), "batch applied");
-        Ok(())
-    }
-
-    /// Sends an undecodable record to the dead-letter topic, with why and where it was.
-    async fn dead_letter(&self, record: &Record, reason: &str) -> anyhow::Result<()> {
-        tracing::error!(
-            partition = record.partition,
-            offset = record.offset,
-            reason,
-            "dead-lettering a record"
-        );
-        let partition = record.partition.to_string();
-        let offset = record.offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "chat-dlq-reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "chat-dlq-topic",
-                value: Some(&self.topic),
-            })
-            .insert(Header {
-                key: "chat-dlq-partition",
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: "chat-dlq-offset",
-                value: Some(&offset),
-            });
-        let mut out =
-            FutureRecord::<Vec<u8>, Vec<u8>>::to(&self.dead_letter_topic).headers(headers);
-        if let Some(key) = &record.key {
-            out = out.key(key);
-        }
-        if let Some(payload) = &record.payload {
-            out = out.payload(payload);
-        }
-        self.dead_letters
-            .send(out, Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| {
-                anyhow::anyhow!(
-                    "dead-letter topic {} refused a record: {e}",
-                    self.dead_letter_topic
-                )
-            })?;
-        metrics::counter!("chat_events_dead_lettered_total").increment(1);
-        Ok(())
     }
 
     /// Tells Kafka how far we got, so a restart resumes reading near there. Postgres holds the
@@ -321,20 +240,6 @@ impl Projector {
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             tracing::debug!(error = %e, "offset commit hint failed");
         }
-    }
-}
-
-/// The dead-letter topic of an event topic.
-pub fn dead_letter_topic(topic: &str) -> String {
-    format!("{topic}.dlq")
-}
-
-fn record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
-    Record {
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec),
     }
 }
 

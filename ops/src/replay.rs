@@ -1,0 +1,110 @@
+//! Folding a stretch of the log into a projection, with a progress bar: the engine of rebuild,
+//! verify and the replay benchmark. It is the live projector's own [`Folder`], pointed at the
+//! tables of another schema.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use projector::{Folder, Poison};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use store::DatabaseArgs;
+use writer::KafkaArgs;
+
+use crate::log::{self, Span};
+
+/// Records per transaction when replaying: large, because nobody waits for one event.
+pub const DEFAULT_BATCH: usize = 20_000;
+
+/// A pool whose connections see the tables of `schema` under their plain names, so the
+/// projector's SQL (and the migrations) work there unchanged.
+pub async fn pool_in_schema(database: &DatabaseArgs, schema: &str) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = database
+        .database_url
+        .expose_secret()
+        .parse()
+        .context("DATABASE_URL is not a Postgres URL")?;
+    let options = options.options([("search_path", schema)]);
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("connect to the database (schema {schema})"))
+}
+
+/// Creates `schema` if needed and brings its projection tables to the current migrations.
+pub async fn migrate_schema(database: &DatabaseArgs, schema: &str) -> anyhow::Result<PgPool> {
+    let public = pool_in_schema(database, "public").await?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(&public)
+        .await
+        .with_context(|| format!("create schema {schema}"))?;
+    public.close().await;
+    let pool = pool_in_schema(database, schema).await?;
+    store::MIGRATOR
+        .run(&pool)
+        .await
+        .with_context(|| format!("migrate schema {schema}"))?;
+    Ok(pool)
+}
+
+/// A progress bar on stderr with the rate and the time left (hidden when stderr is not a
+/// terminal).
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>10} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events  {per_sec}  ETA {eta}",
+        )
+        .expect("a valid template"),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Records read (applied now, applied before, or set aside).
+    pub records: u64,
+    /// Records applied now.
+    pub fresh: u64,
+    pub poison: Vec<Poison>,
+    pub elapsed: Duration,
+}
+
+impl Replayed {
+    pub fn per_second(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Folds `spans` of the log into the projection `pool` points at, `batch` records per
+/// transaction. Reading the next batch overlaps with applying this one.
+pub async fn replay(
+    pool: &PgPool,
+    folder: &Folder,
+    kafka: &KafkaArgs,
+    spans: Vec<Span>,
+    batch: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<Replayed> {
+    let started = Instant::now();
+    let mut replayed = Replayed::default();
+    let mut batches = log::read(kafka, spans, batch);
+    while let Some(records) = batches.recv().await {
+        let records = records?;
+        let outcome = folder
+            .apply(pool, &records)
+            .await
+            .context("apply a batch of the log")?;
+        replayed.records += records.len() as u64;
+        replayed.fresh += outcome.fresh as u64;
+        replayed.poison.extend(outcome.poison);
+        bar.inc(records.len() as u64);
+    }
+    replayed.elapsed = started.elapsed();
+    Ok(replayed)
+}

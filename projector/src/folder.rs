@@ -1,0 +1,206 @@
+//! Applying records of the log to a projection exactly once, setting poison aside.
+//!
+//! The same [`Folder`] serves the live projector and the operator's rebuild and verify: the
+//! projection it writes is whatever the pool's `search_path` names (the live tables in
+//! `public`, or fresh ones in another schema).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::dead_letter::DeadLetters;
+use crate::fold::{self, Batch, Positioned};
+use crate::{Record, decode};
+
+/// A record that could not be decoded or applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poison {
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
+}
+
+/// What one call of [`Folder::apply`] did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Records not applied before (the others were skipped as already applied).
+    pub fresh: usize,
+    /// Events applied, per type name.
+    pub counts: HashMap<&'static str, u64>,
+    /// Records set aside (and dead-lettered, if the folder sends dead letters).
+    pub poison: Vec<Poison>,
+}
+
+impl Outcome {
+    pub fn record_metrics(&self) {
+        for (type_name, count) in &self.counts {
+            metrics::counter!("chat_events_projected_total", "type" => *type_name)
+                .increment(*count);
+        }
+    }
+}
+
+/// Why a batch was not applied. Nothing of it was committed; the caller retries it.
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    #[error("the projection database failed: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    DeadLetter(#[from] anyhow::Error),
+}
+
+/// Applies batches of records of one topic to a projection.
+pub struct Folder {
+    topic: String,
+    /// Where poison goes; `None` only collects it in the [`Outcome`] (verify reads the log, it
+    /// does not write to it).
+    dead_letters: Option<DeadLetters>,
+    /// Positions already in the dead-letter topic, not sent again (a rebuild meets the poison
+    /// the live projector has set aside already).
+    already_dead_lettered: HashSet<(i32, i64)>,
+}
+
+impl Folder {
+    pub fn new(topic: &str, dead_letters: Option<DeadLetters>) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            dead_letters,
+            already_dead_lettered: HashSet::new(),
+        }
+    }
+
+    /// Positions that need not be dead-lettered again.
+    pub fn with_already_dead_lettered(mut self, positions: HashSet<(i32, i64)>) -> Self {
+        self.already_dead_lettered = positions;
+        self
+    }
+
+    /// Applies the records not yet applied (in log order within each partition), with their
+    /// positions, in one transaction.
+    ///
+    /// An event that decodes but that the database refuses as data (SQLSTATE class 22 or 23:
+    /// a value too long, a broken constraint) fails its whole batch; the batch is then applied
+    /// again one event at a time, each in a savepoint, and the events refused are set aside.
+    /// Any other failure (the database is down, say) is returned: the batch must be retried,
+    /// never skipped.
+    pub async fn apply(&self, pool: &PgPool, records: &[Record]) -> Result<Outcome, FoldError> {
+        match self.apply_with(pool, records, false).await {
+            Err(FoldError::Database(e)) if is_data_error(&e) => {
+                tracing::warn!(error = %e, records = records.len(),
+                    "the database refused an event of the batch; applying it event by event");
+                self.apply_with(pool, records, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn apply_with(
+        &self,
+        pool: &PgPool,
+        records: &[Record],
+        one_by_one: bool,
+    ) -> Result<Outcome, FoldError> {
+        let partitions: Vec<i32> = records
+            .iter()
+            .map(|r| r.partition)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut tx = pool.begin().await?;
+        let stored = fold::lock_positions(&mut tx, &self.topic, &partitions).await?;
+        let mut outcome = Outcome::default();
+        let mut events = Vec::new();
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        let mut poison: Vec<(&Record, String)> = Vec::new();
+        for record in records {
+            if record.offset < stored.get(&record.partition).copied().unwrap_or(0) {
+                continue; // applied already
+            }
+            outcome.fresh += 1;
+            let end = next.entry(record.partition).or_default();
+            *end = (*end).max(record.offset + 1);
+            match decode(record) {
+                Ok(envelope) => events.push(Positioned {
+                    partition: record.partition,
+                    offset: record.offset,
+                    envelope,
+                }),
+                Err(reason) => poison.push((record, reason)),
+            }
+        }
+        if next.is_empty() {
+            return Ok(outcome); // a replay of what is applied already
+        }
+        if one_by_one {
+            for event in &events {
+                match apply_in_savepoint(&mut tx, event).await {
+                    Ok(()) => {
+                        *outcome
+                            .counts
+                            .entry(event.envelope.event.type_name())
+                            .or_default() += 1
+                    }
+                    Err(e) if is_data_error(&e) => {
+                        let record = records
+                            .iter()
+                            .find(|r| r.partition == event.partition && r.offset == event.offset)
+                            .expect("every event comes from a record");
+                        poison.push((record, format!("cannot be applied: {e}")));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        } else {
+            let batch = Batch::new(&events);
+            batch.apply(&mut tx).await?;
+            outcome.counts = batch.counts;
+        }
+        fold::store_positions(&mut tx, &self.topic, &next).await?;
+        // Poison is in the dead-letter topic before the positions that pass it are committed.
+        for (record, reason) in &poison {
+            if let Some(dead_letters) = &self.dead_letters
+                && !self
+                    .already_dead_lettered
+                    .contains(&(record.partition, record.offset))
+            {
+                dead_letters.send(record, reason).await?;
+            }
+            outcome.poison.push(Poison {
+                partition: record.partition,
+                offset: record.offset,
+                reason: reason.clone(),
+            });
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+async fn apply_in_savepoint(tx: &mut PgConnection, event: &Positioned) -> Result<(), sqlx::Error> {
+    sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
+    match Batch::new([event]).apply(&mut *tx).await {
+        Ok(()) => {
+            sqlx::query("RELEASE SAVEPOINT event")
+                .execute(&mut *tx)
+                .await?;
+            Ok(())
+        }
+        Err(e) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT event")
+                .execute(&mut *tx)
+                .await?;
+            Err(e)
+        }
+    }
+}
+
+/// Whether the database refused the data itself (SQLSTATE class 22, data exception, or 23,
+/// integrity constraint violation): applying the same event again would fail again.
+pub fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
+}
