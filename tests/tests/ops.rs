@@ -1,0 +1,517 @@
+//! The operator's tool against the real stack: `chatctl rebuild` switches a live projection to
+//! a fresh fold of the log under a running projector and a running REST API; `chatctl verify`
+//! finds a corrupted row; a poison event is dead-lettered and the projector moves on.
+
+use std::time::Duration;
+
+use chat_tests::{RestClient, TestEnv, binary_path};
+use events::{ConversationCreated, Envelope, Event, MessageSent, MessagesRead, Timestamp};
+use futures_util::future::join_all;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn created(conversation_id: Uuid, users: &[&str]) -> Envelope {
+    let mut participants: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+    participants.sort();
+    Envelope::new(Event::ConversationCreated(ConversationCreated {
+        conversation_id,
+        created_by: users[0].to_owned(),
+        participants,
+        is_group: users.len() > 2,
+        title: if users.len() > 2 {
+            "group".into()
+        } else {
+            String::new()
+        },
+    }))
+}
+
+fn message(conversation_id: Uuid, sender: &str, content: &str) -> Envelope {
+    Envelope::new(Event::MessageSent(MessageSent {
+        conversation_id,
+        message_id: Uuid::new_v4(),
+        sender_id: sender.to_owned(),
+        content: content.to_owned(),
+        temp_message_id: format!("tmp-{content}"),
+        sent_at: Timestamp::now(),
+    }))
+}
+
+fn read(conversation_id: Uuid, user: &str) -> Envelope {
+    Envelope::new(Event::MessagesRead(MessagesRead {
+        conversation_id,
+        user_id: user.to_owned(),
+    }))
+}
+
+/// A small but complete history: conversations, messages and reads across partitions.
+fn history(conversations: &[Uuid], waves: usize) -> Vec<Envelope> {
+    let users = ["ann", "ben", "cat", "dan"];
+    let mut out = Vec::new();
+    for wave in 0..waves {
+        for (i, c) in conversations.iter().enumerate() {
+            let sender = users[(i + wave) % users.len()];
+            out.push(message(*c, sender, &format!("c{i}-w{wave}")));
+            if wave % 3 == 2 {
+                out.push(read(*c, users[(i + wave + 1) % users.len()]));
+            }
+        }
+    }
+    out
+}
+
+async fn append_all(env: &TestEnv, events: &[Envelope]) {
+    let writer = env.writer();
+    for result in join_all(events.iter().map(|e| writer.append(e))).await {
+        result.expect("append");
+    }
+}
+
+/// Waits until `query` (a single bigint) reaches `want`.
+async fn wait_for(pool: &PgPool, query: &str, want: i64, patience: Duration) {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let got: i64 = sqlx::query_scalar(query).fetch_one(pool).await.unwrap();
+        if got >= want {
+            assert_eq!(got, want, "{query}");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{query}: {got} of {want} after {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The log's end offsets summed: what the projection's positions reach once caught up.
+async fn log_end(env: &TestEnv) -> i64 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .create()
+        .unwrap();
+    let mut total = 0;
+    for p in 0..4 {
+        total += consumer
+            .fetch_watermarks(&env.topic, p, Duration::from_secs(5))
+            .unwrap()
+            .1;
+    }
+    total
+}
+
+async fn wait_caught_up(env: &TestEnv, pool: &PgPool) {
+    let end = log_end(env).await;
+    wait_for(
+        pool,
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions",
+        end,
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+/// A digest of every projected table, ordered, to compare two projections row for row.
+async fn projection_digest(pool: &PgPool) -> Vec<(String, i64, String)> {
+    let mut out = Vec::new();
+    for (table, order) in [
+        ("conversations", "conversation_id"),
+        ("participants", "conversation_id, user_id"),
+        ("messages", "conversation_id, seq"),
+        ("read_markers", "conversation_id, user_id"),
+        ("projector_positions", "topic, partition"),
+    ] {
+        let (count, digest): (i64, Option<String>) = sqlx::query_as(&format!(
+            "SELECT count(*), md5(string_agg(t::text, '|' ORDER BY {order})) FROM {table} t"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        out.push((table.to_owned(), count, digest.unwrap_or_default()));
+    }
+    out
+}
+
+/// Runs `chatctl` against this test's stack; returns its exit code, stdout and stderr.
+async fn chatctl(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new(binary_path("chatctl"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.service_env())
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run chatctl (build it: cargo build --workspace --bins)");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn table_oid(pool: &PgPool, table: &str) -> u32 {
+    let oid: sqlx::postgres::types::Oid = sqlx::query_scalar("SELECT $1::regclass::oid")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    oid.0
+}
+
+#[tokio::test]
+async fn rebuild_switches_to_a_fresh_fold_under_live_traffic() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let api = env.spawn_api().await;
+    let ann = RestClient::new(api.url(""), env.token("ann"));
+    let conversations: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
+    let setup: Vec<Envelope> = conversations
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match i % 3 {
+            0 => created(*c, &["ann", "ben"]),
+            1 => created(*c, &["ann", "cat", "dan"]),
+            _ => created(*c, &["ann", "ben", "cat", "dan"]),
+        })
+        .collect();
+    append_all(&env, &setup).await;
+    append_all(&env, &history(&conversations, 9)).await;
+    let pool = env.pool().await;
+    wait_caught_up(&env, &pool).await;
+    // The API has its statements prepared against the live tables.
+    let (status, before) = ann.get("/conversations").await;
+    assert_eq!(status, 200);
+    assert_eq!(before.as_array().unwrap().len(), conversations.len());
+    let live_oid = table_oid(&pool, "conversations").await;
+
+    // An interrupted rebuild (folded, not switched) leaves the live projection alone, and
+    // resumes where it stopped.
+    let (code, _, err) = chatctl(&env, &["rebuild", "--no-switch", "--batch-size", "40"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(table_oid(&pool, "conversations").await, live_oid);
+    let folded: i64 = sqlx::query_scalar("SELECT count(*) FROM rebuild.messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(folded > 0);
+
+    // More traffic while the rebuild resumes and switches: the projector keeps folding.
+    let more = history(&conversations, 6);
+    let appending = {
+        let writer = env.writer();
+        let more = more.clone();
+        tokio::spawn(async move {
+            for chunk in more.chunks(8) {
+                for result in join_all(chunk.iter().map(|e| writer.append(e))).await {
+                    result.expect("append");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let (code, _, err) = chatctl(&env, &["rebuild", "--batch-size", "40"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming the interrupted rebuild"), "{err}");
+    assert!(err.contains("switched"), "{err}");
+    appending.await.unwrap();
+
+    // The live names are the rebuilt tables now; the old ones are kept aside.
+    assert_ne!(table_oid(&pool, "conversations").await, live_oid);
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM rebuild_previous.conversations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, conversations.len() as i64);
+
+    // The projector goes on in the new tables, and the running API reads them.
+    let last = message(conversations[0], "ben", "after the switch");
+    append_all(&env, std::slice::from_ref(&last)).await;
+    wait_caught_up(&env, &pool).await;
+    let (status, page) = ann
+        .get(&format!(
+            "/conversations/{}/messages?limit=1",
+            conversations[0]
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(page[0]["content"], "after the switch", "{page}");
+
+    // Row for row the same as an uninterrupted projector's fold of the same log.
+    let reference = TestEnv::new().await;
+    let _uninterrupted = reference
+        .spawn(
+            "projector",
+            "PROJECTOR_HTTP_ADDR",
+            &[("CHAT_EVENTS_TOPIC", env.topic.as_str())],
+        )
+        .await;
+    let reference_pool = reference.pool().await;
+    wait_caught_up(&env, &reference_pool).await;
+    assert_eq!(
+        projection_digest(&pool).await,
+        projection_digest(&reference_pool).await
+    );
+    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("OK"), "{out}");
+
+    // --discard drops an unfinished rebuild and nothing else.
+    let (code, _, err) = chatctl(&env, &["rebuild", "--no-switch"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = chatctl(&env, &["rebuild", "--discard"]).await;
+    assert_eq!(code, 0, "{err}");
+    let schemas: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'rebuild'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(schemas, 0);
+    let (status, after) = ann.get("/conversations").await;
+    assert_eq!(status, 200);
+    assert_eq!(after.as_array().unwrap().len(), conversations.len());
+}
+
+#[tokio::test]
+async fn verify_finds_a_corrupted_row() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let conversations: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let setup: Vec<Envelope> = conversations
+        .iter()
+        .map(|c| created(*c, &["ann", "ben", "cat"]))
+        .collect();
+    append_all(&env, &setup).await;
+    append_all(&env, &history(&conversations, 6)).await;
+    let pool = env.pool().await;
+    wait_caught_up(&env, &pool).await;
+
+    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("OK"), "{out}");
+
+    let target = conversations[2];
+    let (latest_content,): (String,) =
+        sqlx::query_as("SELECT latest_content FROM conversations WHERE conversation_id = $1")
+            .bind(target)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE conversations SET latest_content = 'tampered' WHERE conversation_id = $1")
+        .bind(target)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM participants WHERE conversation_id = $1 AND user_id = 'cat'")
+        .bind(conversations[4])
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.starts_with("MISMATCH: 2 difference(s)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "conversation {target}: latest message's content is {latest_content:?} in the log but \"tampered\" in the projection"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "conversation {}: participant cat is in the log but missing from the projection",
+            conversations[4]
+        )),
+        "{out}"
+    );
+    assert!(out.contains("chatctl rebuild"), "{out}");
+}
+
+#[tokio::test]
+async fn poison_events_are_dead_lettered_and_the_projector_moves_on() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let good = Uuid::new_v4();
+    let bad = Uuid::new_v4();
+    let too_long = "x".repeat(60);
+    // Decodes, but the database refuses it (a user id over 50 characters).
+    let unappliable = created(bad, &["ann", &too_long]);
+    append_all(&env, &[created(good, &["ann", "ben"]), unappliable.clone()]).await;
+    // Cannot be decoded at all, in the same partition as the good conversation.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let key = good.to_string();
+    let delivered = producer
+        .send(
+            FutureRecord::to(&env.topic)
+                .key(&key)
+                .payload(r#"{"type":"MessageSent","version":1,"data":"#),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let (garbage_partition, garbage_offset) = (delivered.partition, delivered.offset);
+    // Good events after both, in one go, so the poison shares batches with them.
+    let after: Vec<Envelope> = (0..30)
+        .map(|i| message(good, "ann", &format!("after {i}")))
+        .chain([message(bad, "ann", "to a conversation that never was")])
+        .collect();
+    append_all(&env, &after).await;
+
+    let pool = env.pool().await;
+    wait_caught_up(&env, &pool).await;
+    let messages: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM messages WHERE conversation_id = $1")
+            .bind(good)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(messages, 30, "the events after the poison are applied");
+    let bad_rows: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM conversations WHERE conversation_id = $1)
+              + (SELECT count(*) FROM participants WHERE conversation_id = $1)",
+    )
+    .bind(bad)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(bad_rows, 0, "nothing of the refused event is half-applied");
+
+    // Both are in the dead-letter topic, with the reason and the original position.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("group.id", format!("{}-dlq-reader", env.name))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&format!("{}.dlq", env.topic)])
+        .unwrap();
+    let mut letters = Vec::new();
+    while letters.len() < 2 {
+        let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+            .await
+            .expect("a dead letter within 20 s")
+            .unwrap();
+        let headers = record.headers().expect("dead letters carry headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .map(|h| String::from_utf8_lossy(h.value.unwrap()).into_owned())
+                .unwrap_or_else(|| panic!("header {name}"))
+        };
+        letters.push((
+            header("chat-dlq-partition").parse::<i32>().unwrap(),
+            header("chat-dlq-offset").parse::<i64>().unwrap(),
+            header("chat-dlq-reason"),
+            header("chat-dlq-topic"),
+            record.payload().map(<[u8]>::to_vec),
+        ));
+    }
+    letters.sort();
+    let garbage = letters
+        .iter()
+        .find(|l| (l.0, l.1) == (garbage_partition, garbage_offset))
+        .expect("the undecodable record is dead-lettered at its position");
+    assert!(garbage.2.contains("not an event envelope"), "{}", garbage.2);
+    assert_eq!(garbage.3, env.topic);
+    let refused = letters
+        .iter()
+        .find(|l| (l.0, l.1) != (garbage_partition, garbage_offset))
+        .unwrap();
+    assert!(refused.2.starts_with("cannot be applied"), "{}", refused.2);
+    assert_eq!(refused.4.as_deref(), Some(unappliable.encode().as_slice()));
+
+    // verify agrees with the projection and lists what was set aside.
+    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 dead-lettered event(s)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "partition {garbage_partition} offset {garbage_offset}: the record is not an event envelope"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("SKIPPED SILENTLY"), "{out}");
+}
+
+#[tokio::test]
+async fn events_exports_json_lines_filtered_by_type_conversation_and_time() {
+    let env = TestEnv::new().await;
+    let a = Uuid::new_v4();
+    let b = Uuid::new_v4();
+    append_all(
+        &env,
+        &[created(a, &["ann", "ben"]), created(b, &["cat", "dan"])],
+    )
+    .await;
+    append_all(&env, &[message(a, "ann", "a1"), message(b, "cat", "b1")]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let since = Timestamp::now().to_string();
+    append_all(&env, &[message(a, "ben", "a2"), read(a, "ann")]).await;
+
+    let (code, out, err) = chatctl(&env, &["events"]).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["partition"].is_i64() && l["offset"].is_i64())
+    );
+
+    let conversation = a.to_string();
+    let (code, out, err) = chatctl(
+        &env,
+        &[
+            "events",
+            "--conversation",
+            &conversation,
+            "--type",
+            "MessageSent",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let contents: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|l| l["data"]["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(contents, ["a1", "a2"]);
+
+    let (code, out, err) = chatctl(&env, &["events", "--from-time", &since]).await;
+    assert_eq!(code, 0, "{err}");
+    let types: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|l| l["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(types, ["MessageSent", "MessagesRead"], "{out}");
+}
+
+#[tokio::test]
+async fn every_command_has_help() {
+    for command in [&[][..], &["rebuild"], &["verify"], &["events"], &["schema"]] {
+        let output = std::process::Command::new(binary_path("chatctl"))
+            .args(command)
+            .arg("--help")
+            .output()
+            .expect("run chatctl");
+        assert!(output.status.success(), "{command:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("Usage: chatctl"), "{command:?}: {text}");
+    }
+}
