@@ -61,7 +61,7 @@ pub struct EdgeArgs {
     pub edge_id: Option<String>,
     /// Open TCP connections (WebSocket or HTTP) this process accepts at once.
     #[arg(long, env = "CHAT_WS_MAX_CONNECTIONS", default_value_t = 50_000)]
-    pub max_connections: usize,
+    pub max_open_connections: usize,
     /// Live connections one user may have across all edges (0: unlimited); more get HTTP 429.
     #[arg(long, env = "CHAT_WS_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
     pub max_connections_per_user: usize,
@@ -71,6 +71,10 @@ pub struct EdgeArgs {
     /// Frames queued for one connection; a client that lets it fill is closed with 4008.
     #[arg(long, env = "CHAT_WS_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
+    /// Kernel send buffer of each socket (SO_SNDBUF), in bytes; 0 keeps the kernel's
+    /// autotuning (up to `net.ipv4.tcp_wmem`'s max, 4 MiB by default, per slow client).
+    #[arg(long, env = "CHAT_WS_SEND_BUFFER_BYTES", default_value_t = 128 * 1024)]
+    pub send_buffer_bytes: usize,
     /// How long a connection's Redis registration lives without a refresh (the edge refreshes
     /// the connections it holds every third of it; a client heartbeat refreshes its own).
     #[arg(long, env = "CHAT_WS_PRESENCE_TTL_SECS", default_value_t = 120)]

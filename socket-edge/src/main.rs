@@ -121,10 +121,11 @@ async fn main() -> anyhow::Result<()> {
         listener: tokio::net::TcpListener::bind(config.ws_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.ws_addr))?,
-        limit: Arc::new(Semaphore::new(args.max_connections)),
+        limit: Arc::new(Semaphore::new(args.max_open_connections)),
         app: app(edge, &base_path, metrics, readiness),
         shutdown: shutdown.clone(),
         done,
+        send_buffer_bytes: args.send_buffer_bytes,
     };
     tracing::info!(
         addr = %config.ws_addr, base_path = %base_path, edge_id = %edge_id,
@@ -175,5 +176,15 @@ async fn refresh_registrations(
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn configuration_is_consistent() {
+        super::Config::command().debug_assert();
     }
 }

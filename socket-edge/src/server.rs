@@ -53,6 +53,9 @@ pub struct Listener {
     pub shutdown: watch::Receiver<bool>,
     /// Cloned into every socket; the receiver sees the channel close when all are gone.
     pub done: mpsc::Sender<()>,
+    /// SO_SNDBUF of each socket (0: the kernel's autotuning): bounds the kernel memory a client
+    /// that stops reading can pin, and how soon its outbound queue overflows.
+    pub send_buffer_bytes: usize,
 }
 
 impl Listener {
@@ -70,6 +73,10 @@ impl Listener {
             };
             // Small frames must leave at once, not wait for Nagle.
             let _ = stream.set_nodelay(true);
+            if self.send_buffer_bytes > 0 {
+                let _ =
+                    socket2::SockRef::from(&stream).set_send_buffer_size(self.send_buffer_bytes);
+            }
             let socket = Socket {
                 stream,
                 _permit: permit,

@@ -1,0 +1,766 @@
+//! The socket-edge against the real stack: real tokio-tungstenite clients, real projector and
+//! edge processes, Kafka, Postgres and Redis (issue 4).
+
+use std::time::Duration;
+
+use chat_tests::{RestClient, Service, TestEnv};
+use events::{ConversationCreated, Envelope, Event};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A WebSocket client of one user.
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+fn ws_url(edge: &Service, path_and_query: &str) -> String {
+    format!("ws://{}{path_and_query}", edge.addr)
+}
+
+impl Client {
+    async fn connect(env: &TestEnv, edge: &Service, user: &str) -> Self {
+        Self::connect_at(edge, &format!("/?Authorization={}", env.token(user))).await
+    }
+
+    async fn connect_at(edge: &Service, path_and_query: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url(edge, path_and_query))
+            .await
+            .expect("WebSocket connect");
+        Self { ws }
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send a frame");
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("send a frame");
+    }
+
+    async fn send_message(&mut self, conversation: Uuid, content: &str, temp: &str) {
+        self.send(json!({
+            "action": "send-message", "conversationId": conversation,
+            "content": content, "tempMessageId": temp,
+        }))
+        .await;
+    }
+
+    /// The next text frame as JSON (control frames skipped); panics after `PATIENCE`.
+    async fn next(&mut self) -> Value {
+        self.next_within(PATIENCE)
+            .await
+            .expect("a frame within the patience")
+    }
+
+    async fn next_within(&mut self, patience: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(serde_json::from_str(&text).expect("frames are JSON"));
+                }
+                Some(Ok(Message::Close(frame))) => panic!("closed by the server: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed: {e}"),
+                None => panic!("connection ended"),
+            }
+        }
+    }
+
+    /// Asserts that no text frame arrives for a while.
+    async fn expect_silence(&mut self, quiet: Duration) {
+        if let Some(frame) = self.next_within(quiet).await {
+            panic!("expected no frame, got {frame}");
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code (None if the stream just ended).
+    async fn close_code(&mut self, patience: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("no close within {patience:?}"),
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) => return None,
+            }
+        }
+    }
+}
+
+/// Appends a `ConversationCreated` and waits until the projection (and so the edge) knows it.
+async fn conversation(env: &TestEnv, participants: &[&str]) -> Uuid {
+    let id = Uuid::new_v4();
+    let mut sorted: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
+    sorted.sort();
+    env.writer()
+        .append(&Envelope::new(Event::ConversationCreated(
+            ConversationCreated {
+                conversation_id: id,
+                created_by: participants[0].to_owned(),
+                participants: sorted,
+                is_group: participants.len() > 2,
+                title: if participants.len() > 2 {
+                    "group".into()
+                } else {
+                    String::new()
+                },
+            },
+        )))
+        .await
+        .expect("append ConversationCreated");
+    let pool = env.pool().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let known: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM participants WHERE conversation_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if known > 0 {
+            return id;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projector never projected the conversation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn redis(env: &TestEnv) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(env.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to Redis")
+}
+
+/// The live connections Redis records for `user`: (connection id, edge id).
+async fn registrations(env: &TestEnv, user: &str) -> Vec<(String, String)> {
+    let mut redis = redis(env).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(format!("{}user:{{{user}}}", env.redis_prefix))
+        .arg(now)
+        .arg("+inf")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for id in ids {
+        let edge: Option<String> = redis::cmd("HGET")
+            .arg(format!("{}conn:{{{user}}}:{id}", env.redis_prefix))
+            .arg("edgeId")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        out.push((id, edge.expect("each connection has its hash")));
+    }
+    out
+}
+
+/// Every Redis key of this test.
+async fn redis_keys(env: &TestEnv) -> Vec<String> {
+    let mut redis = redis(env).await;
+    redis::cmd("KEYS")
+        .arg(format!("{}*", env.redis_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap()
+}
+
+/// Waits until `check` holds (Redis updates follow socket events asynchronously).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn connect_needs_a_valid_token_before_the_upgrade_with_and_without_the_slash() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let edge = env.spawn_edge_with(&[("CHAT_BASE_PATH", "/prod")]).await;
+
+    for path in [
+        "/prod/".to_owned(),
+        "/prod/?Authorization=".to_owned(),
+        "/prod/?Authorization=not.a.jwt".to_owned(),
+        format!(
+            "/prod?Authorization={}",
+            chat_tests::token_with(json!({"sub": "alice", "exp": 1}))
+        ),
+    ] {
+        match tokio_tungstenite::connect_async(ws_url(&edge, &path)).await {
+            Err(tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401, "{path}")
+            }
+            other => panic!("{path}: expected a 401, got {:?}", other.map(|_| ())),
+        }
+    }
+    assert!(
+        redis_keys(&env).await.is_empty(),
+        "a refused connect registers nothing"
+    );
+
+    let token = env.token("alice");
+    let mut slash = Client::connect_at(&edge, &format!("/prod/?Authorization={token}")).await;
+    let mut bare = Client::connect_at(&edge, &format!("/prod?Authorization={token}")).await;
+    eventually("both connections registered", || async {
+        registrations(&env, "alice").await.len() == 2
+    })
+    .await;
+    // Idle connections are not dropped by the edge; a heartbeat is accepted silently.
+    slash.send(json!({"action": "heartbeat"})).await;
+    slash.expect_silence(Duration::from_millis(300)).await;
+    bare.send(json!({"action": "heartbeat"})).await;
+    bare.expect_silence(Duration::from_millis(300)).await;
+
+    let status = reqwest::get(edge.url("/healthz")).await.unwrap().status();
+    assert_eq!(status, 200);
+    let metrics = reqwest::get(edge.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("chat_open_connections 2"),
+        "gauge: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_message_reaches_every_connection_of_every_participant_from_the_log() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let edge = env.spawn_edge().await;
+    let id = conversation(&env, &["alice", "bob"]).await;
+
+    let mut alice1 = Client::connect(&env, &edge, "alice").await;
+    let mut alice2 = Client::connect(&env, &edge, "alice").await;
+    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let mut carol = Client::connect(&env, &edge, "carol").await;
+
+    alice1.send_message(id, "héllo 👋", "t1").await;
+    let first = alice1.next().await;
+    assert_eq!(first["type"], "new-message");
+    assert_eq!(first["tempMessageId"], "t1");
+    assert_eq!(first["conversationId"], id.to_string());
+    assert_eq!(first["senderId"], "alice");
+    assert_eq!(first["content"], "héllo 👋");
+    let sent_at = first["sentAt"].as_str().unwrap();
+    assert!(
+        sent_at.len() == 24 && sent_at.ends_with('Z'),
+        "ms and Z: {sent_at}"
+    );
+    Uuid::parse_str(first["messageId"].as_str().unwrap()).unwrap();
+    assert_eq!(alice2.next().await, first, "the sender's other connection");
+    assert_eq!(bob.next().await, first);
+    carol.expect_silence(Duration::from_millis(500)).await;
+
+    // Each connection is recorded with its edge; closing one leaves the other registered.
+    let alices = registrations(&env, "alice").await;
+    assert_eq!(alices.len(), 2);
+    assert_eq!(alices[0].1, alices[1].1, "both on the same edge");
+    alice1.ws.close(None).await.unwrap();
+    eventually("alice has one connection left", || async {
+        registrations(&env, "alice").await.len() == 1
+    })
+    .await;
+    bob.send_message(id, "still there?", "b1").await;
+    assert_eq!(alice2.next().await["content"], "still there?");
+    assert_eq!(bob.next().await["content"], "still there?");
+}
+
+#[tokio::test]
+async fn two_edges_deliver_to_the_connections_each_holds() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let edge_a = env.spawn_edge().await;
+    let edge_b = env.spawn_edge().await;
+    let id = conversation(&env, &["alice", "bob"]).await;
+
+    let mut alice_a = Client::connect(&env, &edge_a, "alice").await;
+    let mut alice_b = Client::connect(&env, &edge_b, "alice").await;
+    let mut bob_b = Client::connect(&env, &edge_b, "bob").await;
+
+    alice_a.send_message(id, "from edge A", "a1").await;
+    for client in [&mut alice_a, &mut alice_b, &mut bob_b] {
+        assert_eq!(client.next().await["content"], "from edge A");
+    }
+    bob_b.send_message(id, "from edge B", "b1").await;
+    for client in [&mut alice_a, &mut alice_b, &mut bob_b] {
+        assert_eq!(client.next().await["content"], "from edge B");
+    }
+    let alices = registrations(&env, "alice").await;
+    assert_eq!(alices.len(), 2);
+    assert_ne!(alices[0].1, alices[1].1, "one connection on each edge");
+}
+
+#[tokio::test]
+async fn rejected_frames_get_an_error_on_that_connection_only_and_it_stays_usable() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let edge = env.spawn_edge().await;
+    let ours = conversation(&env, &["alice", "bob"]).await;
+    let theirs = conversation(&env, &["bob", "carol"]).await;
+    let unknown = Uuid::new_v4();
+
+    let mut alice = Client::connect(&env, &edge, "alice").await;
+    let mut alice_other = Client::connect(&env, &edge, "alice").await;
+    let mut bob = Client::connect(&env, &edge, "bob").await;
+
+    let send = |conversation: Value, content: Value, temp: Value| {
+        let mut frame = json!({"action": "send-message"});
+        for (name, value) in [
+            ("conversationId", conversation),
+            ("content", content),
+            ("tempMessageId", temp),
+        ] {
+            if !value.is_null() {
+                frame[name] = value;
+            }
+        }
+        frame.to_string()
+    };
+    let id = json!(ours.to_string());
+    let cases: Vec<(String, &str, Option<&str>)> = vec![
+        ("{not json".into(), "invalid_json", None),
+        ("[1,2]".into(), "invalid_frame", None),
+        (r#"{"hello":1}"#.into(), "missing_field", None),
+        (r#"{"action":"dance"}"#.into(), "unknown_action", None),
+        (
+            send(Value::Null, json!("x"), json!("t-a")),
+            "missing_field",
+            Some("t-a"),
+        ),
+        (
+            send(id.clone(), Value::Null, json!("t-b")),
+            "missing_field",
+            Some("t-b"),
+        ),
+        (
+            send(id.clone(), json!("x"), Value::Null),
+            "missing_field",
+            None,
+        ),
+        (
+            send(json!("not-a-uuid"), json!("x"), json!("t-c")),
+            "invalid_field",
+            Some("t-c"),
+        ),
+        (
+            send(id.clone(), json!(" \n\t "), json!("t-d")),
+            "invalid_content",
+            Some("t-d"),
+        ),
+        (
+            send(id.clone(), json!(""), json!("t-e")),
+            "invalid_content",
+            Some("t-e"),
+        ),
+        (
+            send(id.clone(), json!("é".repeat(1001)), json!("t-f")),
+            "invalid_content",
+            Some("t-f"),
+        ),
+        (
+            send(json!(unknown.to_string()), json!("x"), json!("t-g")),
+            "unknown_conversation",
+            Some("t-g"),
+        ),
+        (
+            send(json!(theirs.to_string()), json!("x"), json!("t-h")),
+            "not_participant",
+            Some("t-h"),
+        ),
+        (
+            json!({"action": "read-messages", "conversationId": theirs}).to_string(),
+            "not_participant",
+            None,
+        ),
+        (
+            json!({"action": "read-messages"}).to_string(),
+            "missing_field",
+            None,
+        ),
+    ];
+    for (frame, code, temp) in &cases {
+        alice.send_text(frame).await;
+        let error = alice.next().await;
+        assert_eq!(error["type"], "error", "{frame}");
+        assert_eq!(error["code"], *code, "{frame}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+        match temp {
+            Some(temp) => assert_eq!(error["tempMessageId"], *temp, "{frame}"),
+            None => assert!(error.get("tempMessageId").is_none(), "{frame}"),
+        }
+    }
+    let not_participant = &cases[12].0;
+    alice.send_text(not_participant).await;
+    assert_eq!(alice.next().await["conversationId"], theirs.to_string());
+    alice.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(alice.next().await["code"], "invalid_frame");
+
+    // Nobody else heard any of it, and the connection still works: 1000 characters (4000
+    // bytes) are fine.
+    alice_other.expect_silence(Duration::from_millis(300)).await;
+    bob.expect_silence(Duration::from_millis(100)).await;
+    let longest = "👋".repeat(1000);
+    alice.send_message(ours, &longest, "ok").await;
+    let delivered = alice.next().await;
+    assert_eq!(delivered["type"], "new-message");
+    assert_eq!(delivered["content"], longest.as_str());
+    assert_eq!(bob.next().await["tempMessageId"], "ok");
+    assert_eq!(alice_other.next().await["tempMessageId"], "ok");
+}
+
+#[tokio::test]
+async fn frames_of_one_connection_are_appended_delivered_and_listed_in_order() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let api = env.spawn_api().await;
+    let edge = env.spawn_edge().await;
+    let id = conversation(&env, &["alice", "bob"]).await;
+
+    let mut alice = Client::connect(&env, &edge, "alice").await;
+    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let count = 40;
+    for i in 0..count {
+        alice
+            .send_message(id, &format!("m{i}"), &format!("t{i}"))
+            .await;
+    }
+    let mut delivered = Vec::new();
+    for i in 0..count {
+        let frame = bob.next().await;
+        assert_eq!(frame["content"], format!("m{i}"), "delivery order");
+        assert_eq!(alice.next().await, frame);
+        delivered.push(frame);
+    }
+
+    // REST lists the same ids and timestamps, in the same order.
+    let rest = RestClient::new(api.url(""), env.token("bob"));
+    let path = format!("/conversations/{id}/messages?limit=100&order=asc");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let listed = loop {
+        let (status, body) = rest.get(&path).await;
+        assert_eq!(status, 200, "{body}");
+        if body.as_array().unwrap().len() == count {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "projection lags");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (listed, frame) in listed.as_array().unwrap().iter().zip(&delivered) {
+        assert_eq!(listed["messageId"], frame["messageId"]);
+        assert_eq!(listed["sentAt"], frame["sentAt"]);
+        assert_eq!(listed["content"], frame["content"]);
+    }
+}
+
+#[tokio::test]
+async fn read_messages_reaches_every_connection_of_the_reader_only_and_moves_the_marker() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let edge = env.spawn_edge().await;
+    let id = conversation(&env, &["alice", "bob"]).await;
+
+    let mut alice1 = Client::connect(&env, &edge, "alice").await;
+    let mut alice2 = Client::connect(&env, &edge, "alice").await;
+    let mut bob = Client::connect(&env, &edge, "bob").await;
+
+    // Nothing unread yet: the frame comes all the same.
+    alice1
+        .send(json!({"action": "read-messages", "conversationId": id}))
+        .await;
+    let expected = json!({"type": "read-messages", "conversationId": id, "userId": "alice"});
+    assert_eq!(alice1.next().await, expected);
+    assert_eq!(alice2.next().await, expected);
+    bob.expect_silence(Duration::from_millis(300)).await;
+
+    bob.send_message(id, "unread", "u1").await;
+    for client in [&mut alice1, &mut alice2, &mut bob] {
+        assert_eq!(client.next().await["type"], "new-message");
+    }
+    alice2
+        .send(json!({"action": "read-messages", "conversationId": id}))
+        .await;
+    assert_eq!(alice1.next().await, expected);
+    assert_eq!(alice2.next().await, expected);
+    bob.expect_silence(Duration::from_millis(300)).await;
+
+    let pool = env.pool().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let read: Option<bool> = sqlx::query_scalar(
+            "SELECT r.read_seq >= c.latest_seq FROM read_markers r
+               JOIN conversations c USING (conversation_id)
+              WHERE r.conversation_id = $1 AND r.user_id = 'alice'",
+        )
+        .bind(id)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+        .flatten();
+        if read == Some(true) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read marker never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_retried_send_with_the_same_temp_id_makes_one_message() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let edge = env.spawn_edge().await;
+    let id = conversation(&env, &["alice", "bob"]).await;
+
+    let mut alice = Client::connect(&env, &edge, "alice").await;
+    let mut bob = Client::connect(&env, &edge, "bob").await;
+    alice.send_message(id, "once", "retry-me").await;
+    let original = alice.next().await;
+    assert_eq!(bob.next().await, original);
+
+    // The client reconnects and retries: it gets the original back, nobody gets a second one.
+    alice.ws.close(None).await.unwrap();
+    let mut again = Client::connect(&env, &edge, "alice").await;
+    again.send_message(id, "once", "retry-me").await;
+    assert_eq!(again.next().await, original);
+    again.send_message(id, "once", "retry-me").await;
+    assert_eq!(again.next().await, original);
+    bob.expect_silence(Duration::from_millis(500)).await;
+
+    // The same temp id in another conversation is another message.
+    let other = conversation(&env, &["alice", "bob"]).await;
+    again.send_message(other, "elsewhere", "retry-me").await;
+    let elsewhere = again.next().await;
+    assert_ne!(elsewhere["messageId"], original["messageId"]);
+    assert_eq!(bob.next().await, elsewhere);
+
+    let pool = env.pool().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let messages: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM messages WHERE conversation_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(messages, 1);
+}
+
+#[tokio::test]
+async fn a_slow_client_is_closed_with_4008_and_others_keep_their_pace() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let edge = env
+        .spawn_edge_with(&[("CHAT_WS_OUTBOUND_QUEUE", "32")])
+        .await;
+    let id = conversation(&env, &["alice", "bob"]).await;
+
+    let mut alice = Client::connect(&env, &edge, "alice").await;
+    let mut fast_bob = Client::connect(&env, &edge, "bob").await;
+    // A client that stops reading, with a tiny receive window so the kernel buffers fill fast.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(edge.addr).await.unwrap();
+    let url = ws_url(&edge, &format!("/?Authorization={}", env.token("bob")));
+    let (slow, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let mut slow_bob = Client { ws: slow };
+    eventually("both of bob's connections registered", || async {
+        registrations(&env, "bob").await.len() == 2
+    })
+    .await;
+
+    // Send until the edge gives up on the slow client (the kernel's socket buffers absorb a
+    // few hundred kilobytes first); the fast clients get every message meanwhile.
+    let content = "x".repeat(1000);
+    let started = tokio::time::Instant::now();
+    let mut count = 0;
+    let slow_disconnects = || async {
+        let metrics = reqwest::get(edge.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics.contains("chat_ws_slow_disconnects_total 1")
+    };
+    while !slow_disconnects().await {
+        assert!(count < 20_000, "the slow client was never disconnected");
+        // Bursts well under the queue's length, which only a client that stopped reading fills.
+        for _ in 0..16 {
+            alice.send_message(id, &content, &format!("t{count}")).await;
+            count += 1;
+        }
+        for i in count - 16..count {
+            assert_eq!(fast_bob.next().await["tempMessageId"], format!("t{i}"));
+            assert_eq!(alice.next().await["tempMessageId"], format!("t{i}"));
+        }
+    }
+    println!(
+        "slow client dropped after {count} messages; fast clients kept up in {:?}",
+        started.elapsed()
+    );
+
+    // Catching up now, the slow client finds the close frame after what was buffered.
+    let mut received = 0;
+    let code = loop {
+        match tokio::time::timeout(PATIENCE, slow_bob.ws.next()).await {
+            Err(_) => panic!("the slow client was never closed"),
+            Ok(Some(Ok(Message::Text(_)))) => received += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => break None,
+        }
+    };
+    assert!(received < count, "the slow client got everything");
+    assert_eq!(
+        code,
+        Some(4008),
+        "documented close code after {received} frames"
+    );
+    eventually("the slow connection is unregistered", || async {
+        registrations(&env, "bob").await.len() == 1
+    })
+    .await;
+    fast_bob.send(json!({"action": "heartbeat"})).await;
+    fast_bob.expect_silence(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn limits_on_connections_per_user_and_frame_size() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let edge = env
+        .spawn_edge_with(&[
+            ("CHAT_WS_MAX_CONNECTIONS_PER_USER", "2"),
+            ("CHAT_WS_MAX_FRAME_BYTES", "2048"),
+        ])
+        .await;
+    let _one = Client::connect(&env, &edge, "alice").await;
+    let mut two = Client::connect(&env, &edge, "alice").await;
+    let url = ws_url(&edge, &format!("/?Authorization={}", env.token("alice")));
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    let _bob = Client::connect(&env, &edge, "bob").await;
+
+    two.send_text(&format!(r#"{{"action":"{}"}}"#, "x".repeat(4000)))
+        .await;
+    assert_eq!(two.close_code(PATIENCE).await, Some(1009));
+    eventually("the closed connection frees its slot", || async {
+        registrations(&env, "alice").await.len() == 1
+    })
+    .await;
+    let _three = Client::connect(&env, &edge, "alice").await;
+}
+
+#[tokio::test]
+async fn sigterm_closes_with_1001_unregisters_and_exits() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let mut edge = env.spawn_edge().await;
+    let mut alice = Client::connect(&env, &edge, "alice").await;
+    let mut bob = Client::connect(&env, &edge, "bob").await;
+    eventually("registered", || async {
+        !registrations(&env, "bob").await.is_empty()
+    })
+    .await;
+
+    let status = edge.terminate(Duration::from_secs(15)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit: {status:?}\n{}",
+        edge.log_tail()
+    );
+    assert_eq!(
+        alice.close_code(PATIENCE).await,
+        Some(CloseCode::Away.into())
+    );
+    assert_eq!(bob.close_code(PATIENCE).await, Some(1001));
+    assert!(redis_keys(&env).await.is_empty(), "Redis entries left");
+}
+
+#[tokio::test]
+async fn registrations_are_refreshed_by_heartbeats_and_die_with_a_crashed_edge() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let mut edge = env
+        .spawn_edge_with(&[("CHAT_WS_PRESENCE_TTL_SECS", "3")])
+        .await;
+    let mut alice = Client::connect(&env, &edge, "alice").await;
+    let key = format!("{}user:{{alice}}", env.redis_prefix);
+    let score = || async {
+        let mut redis = redis(&env).await;
+        let scores: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        scores.first().map(|(_, s)| *s)
+    };
+    let before = score().await.expect("registered");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    alice.send(json!({"action": "heartbeat"})).await;
+    eventually("the heartbeat pushed the expiry", || async {
+        score().await.is_some_and(|s| s > before)
+    })
+    .await;
+
+    // Outlives several TTLs while the edge lives (it refreshes what it holds).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(registrations(&env, "alice").await.len(), 1);
+    alice.send(json!({"action": "heartbeat"})).await;
+    alice.expect_silence(Duration::from_millis(100)).await;
+
+    edge.kill().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        registrations(&env, "alice").await.is_empty(),
+        "a crashed edge's entries expire"
+    );
+    eventually("the keys themselves expire", || async {
+        redis_keys(&env).await.is_empty()
+    })
+    .await;
+}
