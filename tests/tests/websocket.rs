@@ -764,3 +764,87 @@ async fn registrations_are_refreshed_by_heartbeats_and_die_with_a_crashed_edge()
     })
     .await;
 }
+
+/// Stops the shared Kafka broker of the local stack (SIGTERM, as an operator would) and starts
+/// it again with `scripts/stack infra-up`. Every other test running at the same time would see
+/// the outage too, hence `#[ignore]`: run it alone with
+/// `cargo test -p chat-tests --test websocket -- --ignored --test-threads=1`.
+#[tokio::test]
+#[ignore = "restarts the shared Kafka broker; run alone"]
+async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_message() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let mut edge = env.spawn_edge().await;
+    let id = conversation(&env, &["alice", "bob"]).await;
+    let mut alice = Client::connect(&env, &edge, "alice").await;
+    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let mut acknowledged = Vec::new();
+
+    alice.send_message(id, "before", "k0").await;
+    acknowledged.push(alice.next().await["messageId"].clone());
+    assert_eq!(bob.next().await["tempMessageId"], "k0");
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pid = std::fs::read_to_string(root.join(".stack/kafka/kafka.pid"))
+        .expect("the local stack's Kafka pid file");
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let pid_dir = format!("/proc/{}", pid.trim());
+    while std::path::Path::new(&pid_dir).exists() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // During the outage a send fails with an error frame, not silence.
+    alice.send_message(id, "during", "k1").await;
+    let error = alice
+        .next_within(Duration::from_secs(30))
+        .await
+        .expect("an answer to a send during the outage");
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["code"], "unavailable");
+    assert_eq!(error["tempMessageId"], "k1");
+
+    let restarted = tokio::process::Command::new(root.join("scripts/stack"))
+        .arg("infra-up")
+        .status()
+        .await
+        .unwrap();
+    assert!(restarted.success(), "scripts/stack infra-up");
+    edge.wait_ready(Duration::from_secs(60)).await;
+
+    // The edge recovered by itself; the retry of k1 goes through, and so do new messages.
+    alice.send_message(id, "during", "k1").await;
+    let retried = alice.next().await;
+    assert_eq!(retried["tempMessageId"], "k1");
+    acknowledged.push(retried["messageId"].clone());
+    assert_eq!(bob.next().await["tempMessageId"], "k1");
+    for i in 2..10 {
+        alice.send_message(id, "after", &format!("k{i}")).await;
+        acknowledged.push(alice.next().await["messageId"].clone());
+        assert_eq!(bob.next().await["tempMessageId"], format!("k{i}"));
+    }
+
+    let pool = env.pool().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT message_id FROM messages WHERE conversation_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let stored: Vec<Value> = stored.iter().map(|m| json!(m.to_string())).collect();
+        if stored == acknowledged {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged {acknowledged:?}, stored {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
