@@ -239,3 +239,53 @@ async fn wait_positions_equal(a: &PgPool, b: &PgPool) {
     }
     panic!("the two projections never reached the same log positions");
 }
+
+#[tokio::test]
+async fn applying_a_batch_twice_changes_nothing() {
+    use projector::fold::{Batch, Positioned};
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    let c = Uuid::new_v4();
+    let envelopes = vec![
+        created(c, &["amy", "bo", "cy"]),
+        message(c, "amy", "one"),
+        message(c, "bo", "two"),
+        Envelope::new(Event::MessagesRead(MessagesRead {
+            conversation_id: c,
+            user_id: "cy".into(),
+        })),
+        message(c, "cy", "three"),
+    ];
+    let events: Vec<Positioned> = envelopes
+        .into_iter()
+        .enumerate()
+        .map(|(i, envelope)| Positioned {
+            partition: 0,
+            offset: i as i64,
+            envelope,
+        })
+        .collect();
+    let apply = |events: Vec<Positioned>| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            Batch::new(&events).apply(&mut tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    apply(events.clone()).await;
+    let once = projection_digest(&pool).await;
+    assert_eq!(
+        once.iter().map(|(_, n, _)| *n).collect::<Vec<_>>(),
+        [1, 3, 3, 1]
+    );
+    apply(events.clone()).await;
+    assert_eq!(projection_digest(&pool).await, once, "the same batch again");
+    apply(events[1..3].to_vec()).await;
+    assert_eq!(projection_digest(&pool).await, once, "a replayed prefix");
+    let marker: i64 = sqlx::query_scalar("SELECT read_seq FROM read_markers WHERE user_id = 'cy'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(marker, 2, "a read covers the messages before it in the log");
+}
