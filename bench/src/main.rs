@@ -1,0 +1,464 @@
+//! `ws-load`: how fast and how lean the socket-edge is, next to the floor the log sets.
+//!
+//! Against a running stack (projector + socket-edge on the same topic and database):
+//!
+//! 1. memory: the edge's VmRSS before and after opening `--idle` idle connections;
+//! 2. load: `--connections` connections across `--conversations` group conversations, messages
+//!    sent at `--rate` per second for `--seconds`; each delivery's send→deliver latency is the
+//!    receive time minus the send time written in the message's content;
+//! 3. floor: the same rate of events appended through the writer and read back by a plain
+//!    consumer of the same broker, with no service of ours in between.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use events::{ConversationCreated, Envelope, Event, MessageSent, Timestamp};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
+
+#[derive(Parser, Debug)]
+#[command(about = "Load and latency of the socket-edge, with the Kafka floor")]
+struct Args {
+    /// The edge's WebSocket URL (base path included, no query).
+    #[arg(long, default_value = "ws://127.0.0.1:8081/")]
+    edge: String,
+    /// The edge's process id, to read its memory (VmRSS); skip the memory step without it.
+    #[arg(long)]
+    edge_pid: Option<u32>,
+    /// Idle connections opened for the memory measurement.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Connections of the load step (one user each).
+    #[arg(long, default_value_t = 2_000)]
+    connections: usize,
+    /// Group conversations the connections are spread over.
+    #[arg(long, default_value_t = 200)]
+    conversations: usize,
+    /// Messages sent per second (all connections together).
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// Seconds measured (after a 2 s warm-up).
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    #[arg(long, env = "CHAT_JWT_SECRET", default_value = "pagenow-dev-secret")]
+    jwt_secret: String,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://chat:chat@127.0.0.1:5432/chat"
+    )]
+    database_url: String,
+    #[command(flatten)]
+    kafka: writer::KafkaArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut table: Vec<(String, String)> = Vec::new();
+    // The stack's topic normally exists already; a fresh bench topic gets the stack's 8 partitions.
+    writer::admin::ensure_topic(&args.kafka.brokers, &args.kafka.topic, 8).await?;
+    wait_ready(&args.edge).await?;
+
+    if let Some(pid) = args.edge_pid {
+        let before = rss_kib(pid)?;
+        let idle = open_many(&args, &format!("idle-{run}"), args.idle).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_kib(pid)?;
+        let per = (after.saturating_sub(before) as f64 * 1024.0) / args.idle as f64;
+        table.push(("idle connections".into(), args.idle.to_string()));
+        table.push((
+            "edge VmRSS before → after".into(),
+            format!(
+                "{:.1} MiB → {:.1} MiB",
+                before as f64 / 1024.0,
+                after as f64 / 1024.0
+            ),
+        ));
+        table.push((
+            "edge memory per idle connection".into(),
+            format!("{:.1} KiB", per / 1024.0),
+        ));
+        drop(idle);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    let load = load(&args, &run).await?;
+    let floor = floor(&args, &run).await?;
+    table.push((
+        "connections / conversations".into(),
+        format!("{} / {}", args.connections, args.conversations),
+    ));
+    table.push((
+        "target rate".into(),
+        format!("{} msg/s for {} s", args.rate, args.seconds),
+    ));
+    table.push(("sent".into(), format!("{} msg/s", load.sent_per_sec as u64)));
+    table.push((
+        "deliveries".into(),
+        format!(
+            "{:.0} /s ({} expected, {} received, {} errors)",
+            load.deliveries_per_sec, load.expected, load.received, load.errors
+        ),
+    ));
+    for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+        let edge = load.latency.value_at_quantile(q) as f64 / 1000.0;
+        let base = floor.value_at_quantile(q) as f64 / 1000.0;
+        table.push((
+            format!("send→deliver {name} (floor, ratio)"),
+            format!(
+                "{edge:.2} ms ({base:.2} ms, ×{:.1})",
+                edge / base.max(0.001)
+            ),
+        ));
+    }
+    table.push((
+        "send→deliver max".into(),
+        format!("{:.2} ms", load.latency.max() as f64 / 1000.0),
+    ));
+
+    let width = table.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    println!(
+        "\n| {:width$} | value |\n|{}|-------|",
+        "measure",
+        "-".repeat(width + 2)
+    );
+    for (k, v) in table {
+        println!("| {k:width$} | {v} |");
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+}
+
+fn token(secret: &str, user: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 24 * 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": user, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign a token")
+}
+
+async fn connect(
+    args: &Args,
+    user: String,
+) -> anyhow::Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
+    let url = format!(
+        "{}?Authorization={}",
+        args.edge,
+        token(&args.jwt_secret, &user)
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+    Ok(ws)
+}
+
+/// Opens `count` connections of users `<prefix>-<i>`, 100 at a time.
+async fn open_many(
+    args: &Args,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<Vec<WebSocketStream<MaybeTlsStream<TcpStream>>>> {
+    let mut out = Vec::with_capacity(count);
+    let ids: Vec<usize> = (0..count).collect();
+    for chunk in ids.chunks(100) {
+        let opened = futures_util::future::join_all(
+            chunk.iter().map(|i| connect(args, format!("{prefix}-{i}"))),
+        )
+        .await;
+        for ws in opened {
+            out.push(ws?);
+        }
+    }
+    Ok(out)
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+struct LoadResult {
+    latency: Histogram<u64>,
+    sent_per_sec: f64,
+    deliveries_per_sec: f64,
+    expected: u64,
+    received: u64,
+    errors: u64,
+}
+
+async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
+    let per_conversation = (args.connections / args.conversations).max(2);
+    let users: Vec<String> = (0..args.conversations * per_conversation)
+        .map(|i| format!("load-{run}-{i}"))
+        .collect();
+
+    // Conversations through the writer; wait until the projection holds them all.
+    let writer = writer::Writer::new(&args.kafka)?;
+    let mut conversations = Vec::new();
+    for c in 0..args.conversations {
+        let id = Uuid::new_v4();
+        let mut members: Vec<String> =
+            users[c * per_conversation..(c + 1) * per_conversation].to_vec();
+        members.sort();
+        writer
+            .append(&Envelope::new(Event::ConversationCreated(
+                ConversationCreated {
+                    conversation_id: id,
+                    created_by: members[0].clone(),
+                    participants: members,
+                    is_group: true,
+                    title: format!("load {c}"),
+                },
+            )))
+            .await?;
+        conversations.push(id);
+    }
+    let pool = sqlx::PgPool::connect(&args.database_url).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let known: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM conversations WHERE conversation_id = ANY($1)",
+        )
+        .bind(&conversations)
+        .fetch_one(&pool)
+        .await?;
+        if known as usize == conversations.len() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the projector did not project the conversations"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let recording = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut sinks: Vec<Arc<tokio::sync::Mutex<Sink>>> = Vec::new();
+    let sockets = open_many(args, &format!("load-{run}"), users.len()).await?;
+    for ws in sockets {
+        let (sink, mut stream) = ws.split();
+        sinks.push(Arc::new(tokio::sync::Mutex::new(sink)));
+        let (latency, recording, received, errors) = (
+            latency.clone(),
+            recording.clone(),
+            received.clone(),
+            errors.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = stream.next().await {
+                let Message::Text(text) = frame else { continue };
+                let at = now_micros();
+                let value: serde_json::Value = match serde_json::from_str(&text) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+                if value["type"] == "error" {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let Some(sent) = value["content"]
+                    .as_str()
+                    .and_then(|c| c.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if recording.load(Ordering::Relaxed)
+                    && value["tempMessageId"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with('m'))
+                {
+                    received.fetch_add(1, Ordering::Relaxed);
+                    let _ = latency
+                        .lock()
+                        .unwrap()
+                        .record(at.saturating_sub(sent).max(1));
+                }
+            }
+        });
+    }
+
+    // Warm up, then measure. A message's deliveries are counted when it was sent while
+    // measuring (temp ids "m…"); warm-up messages use "w…".
+    let send = |seconds: u64, tag: char| {
+        let sinks = sinks.clone();
+        let conversations = conversations.clone();
+        let rate = args.rate;
+        async move {
+            let mut ticks = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let total = rate * seconds;
+            let started = Instant::now();
+            for n in 0..total {
+                ticks.tick().await;
+                let c = (n as usize) % conversations.len();
+                let sender =
+                    c * per_conversation + (n as usize / conversations.len()) % per_conversation;
+                let frame = serde_json::json!({
+                    "action": "send-message", "conversationId": conversations[c],
+                    "content": now_micros().to_string(), "tempMessageId": format!("{tag}{n}"),
+                })
+                .to_string();
+                let sink = sinks[sender].clone();
+                tokio::spawn(async move {
+                    let _ = sink.lock().await.send(Message::text(frame)).await;
+                });
+            }
+            (total, started.elapsed())
+        }
+    };
+    send(2, 'w').await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    recording.store(true, Ordering::Relaxed);
+    let measured_from = Instant::now();
+    let (sent, sending) = send(args.seconds, 'm').await;
+    // Let the last deliveries arrive.
+    let expected = sent * per_conversation as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let window = measured_from
+        .elapsed()
+        .as_secs_f64()
+        .min(sending.as_secs_f64() + 0.5);
+    let received = received.load(Ordering::Relaxed);
+    let latency = latency.lock().unwrap().clone();
+    for sink in &sinks {
+        let _ = sink.lock().await.close().await;
+    }
+    Ok(LoadResult {
+        latency,
+        sent_per_sec: sent as f64 / sending.as_secs_f64(),
+        deliveries_per_sec: received as f64 / window,
+        expected,
+        received,
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+/// Events appended through the writer to a topic of their own and read back by a plain
+/// consumer: the least any delivery through the log can take.
+async fn floor(args: &Args, run: &str) -> anyhow::Result<Histogram<u64>> {
+    let topic = format!("{}.floor-{run}", args.kafka.topic);
+    writer::admin::ensure_topic(&args.kafka.brokers, &topic, 1).await?;
+    let kafka = writer::KafkaArgs {
+        brokers: args.kafka.brokers.clone(),
+        topic: topic.clone(),
+    };
+    let writer = writer::Writer::new(&kafka)?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", format!("ws-load-floor-{run}"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()?;
+    let (_, high) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(5))?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(&topic, 0, Offset::Offset(high))?;
+    consumer.assign(&assignment)?;
+
+    let total = args.rate * args.seconds;
+    let sender = tokio::spawn({
+        let rate = args.rate;
+        async move {
+            let mut ticks = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let conversation = Uuid::new_v4();
+            for n in 0..total {
+                ticks.tick().await;
+                let envelope = Envelope::new(Event::MessageSent(MessageSent {
+                    conversation_id: conversation,
+                    message_id: Uuid::new_v4(),
+                    sender_id: "floor".into(),
+                    content: now_micros().to_string(),
+                    temp_message_id: n.to_string(),
+                    sent_at: Timestamp::now(),
+                }));
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.append(&envelope).await });
+            }
+        }
+    });
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let deadline = Instant::now() + Duration::from_secs(args.seconds + 15);
+    while latency.len() < total && Instant::now() < deadline {
+        let Ok(Ok(record)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
+        else {
+            continue;
+        };
+        let at = now_micros();
+        if let Some(Ok(envelope)) = record.payload().map(Envelope::decode)
+            && let Event::MessageSent(m) = envelope.event
+            && let Ok(sent) = m.content.parse::<u64>()
+        {
+            latency.record(at.saturating_sub(sent).max(1))?;
+        }
+    }
+    sender.await?;
+    let _ = writer::admin::delete_topics(&args.kafka.brokers, &[&topic]).await;
+    Ok(latency)
+}
+
+/// Waits until the edge's /readyz answers 200 (its log position is fixed).
+async fn wait_ready(edge: &str) -> anyhow::Result<()> {
+    let authority = edge
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = TcpStream::connect(&authority).await.ok()?;
+            let request =
+                format!("GET /readyz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.ok()?;
+            Some(response.starts_with("HTTP/1.1 200"))
+        };
+        if ready.await == Some(true) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the edge at {authority} is not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
