@@ -101,26 +101,14 @@ pub async fn export(
             {
                 continue;
             }
-            let mut line: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(&envelope.encode())?;
-            line.insert("partition".into(), record.partition.into());
-            line.insert("offset".into(), record.offset.into());
-            // Position first: easier to read, and jq/sort friendly.
-            let mut ordered = serde_json::Map::new();
-            for k in [
-                "partition",
-                "offset",
-                "type",
-                "version",
-                "eventId",
-                "acceptedAt",
-                "data",
-            ] {
-                if let Some(v) = line.remove(k) {
-                    ordered.insert(k.into(), v);
-                }
-            }
-            serde_json::to_writer(&mut out, &ordered)?;
+            // The position first, then the envelope as written at its current version.
+            let envelope = envelope.encode();
+            write!(
+                out,
+                "{{\"partition\":{},\"offset\":{},",
+                record.partition, record.offset
+            )?;
+            out.write_all(&envelope[1..])?;
             out.write_all(b"\n")?;
             done.written += 1;
             if args.limit.is_some_and(|limit| done.written >= limit) {

@@ -42,7 +42,7 @@ pub fn total(spans: &[Span]) -> u64 {
 
 /// A consumer that belongs to no group and commits nothing: it only reads.
 pub fn reader(brokers: &str) -> anyhow::Result<BaseConsumer> {
-    Ok(ClientConfig::new()
+    ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "chatctl-reader")
         .set("enable.auto.commit", "false")
@@ -54,7 +54,7 @@ pub fn reader(brokers: &str) -> anyhow::Result<BaseConsumer> {
         .set("queued.max.messages.kbytes", "262144")
         .set("fetch.wait.max.ms", "50")
         .create()
-        .context("create a Kafka consumer")?)
+        .context("create a Kafka consumer")
 }
 
 /// The partitions of `topic`, in order.

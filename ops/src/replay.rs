@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use projector::{Folder, Poison};
+use projector::{Decoded, Folder, Poison};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -16,7 +16,7 @@ use writer::KafkaArgs;
 use crate::log::{self, Span};
 
 /// Records per transaction when replaying: large, because nobody waits for one event.
-pub const DEFAULT_BATCH: usize = 20_000;
+pub const DEFAULT_BATCH: usize = 50_000;
 
 /// A pool whose connections see the tables of `schema` under their plain names, so the
 /// projector's SQL (and the migrations) work there unchanged.
@@ -93,11 +93,21 @@ pub async fn replay(
 ) -> anyhow::Result<Replayed> {
     let started = Instant::now();
     let mut replayed = Replayed::default();
+    // Three stages, each a batch ahead of the next: read the log, decode, apply.
     let mut batches = log::read(kafka, spans, batch);
-    while let Some(records) = batches.recv().await {
+    let (decoded_tx, mut decoded) = tokio::sync::mpsc::channel(2);
+    std::thread::spawn(move || {
+        while let Some(records) = batches.blocking_recv() {
+            let batch = records.map(|r| r.into_iter().map(Decoded::new).collect::<Vec<_>>());
+            if decoded_tx.blocking_send(batch).is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(records) = decoded.recv().await {
         let records = records?;
         let outcome = folder
-            .apply(pool, &records)
+            .apply_decoded(pool, &records)
             .await
             .context("apply a batch of the log")?;
         replayed.records += records.len() as u64;

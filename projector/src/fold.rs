@@ -4,7 +4,7 @@
 //! forward, read markers only grow), and the caller filters out records below the stored
 //! positions in the same transaction: applying a batch twice changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use events::{Envelope, Event};
@@ -25,6 +25,9 @@ pub struct Batch {
     conversations: ConversationColumns,
     participants: (Vec<Uuid>, Vec<String>),
     messages: MessageColumns,
+    message_ids: HashSet<Uuid>,
+    /// Index in `messages` of each conversation's last message of the batch (log order).
+    latest: HashMap<Uuid, usize>,
     /// Latest read event per (conversation, user): its offset bounds what was read.
     reads: HashMap<(Uuid, String), i64>,
     /// Events per type name, for metrics.
@@ -72,7 +75,19 @@ impl Batch {
                     }
                 }
                 Event::MessageSent(e) => {
+                    // The first of the same message twice in a batch is the one kept.
+                    if !batch.message_ids.insert(e.message_id) {
+                        continue;
+                    }
                     let m = &mut batch.messages;
+                    let index = m.seq.len();
+                    let latest = batch.latest.entry(e.conversation_id).or_insert(index);
+                    if m.seq
+                        .get(*latest)
+                        .is_some_and(|seq| *seq < positioned.offset)
+                    {
+                        *latest = index;
+                    }
                     m.conversation_id.push(e.conversation_id);
                     m.seq.push(positioned.offset);
                     m.message_id.push(e.message_id);
@@ -128,25 +143,19 @@ impl Batch {
 
         let m = &self.messages;
         if !m.seq.is_empty() {
-            // Only messages inserted now move their conversation's latest message, and only
-            // forward in log order.
-            sqlx::query(
+            // A message already there (a replay, or the same message appended twice) is left
+            // alone. NOT EXISTS rather than ON CONFLICT: a third cheaper in bulk, and a key
+            // conflict it misses (another conversation's message id) is a data error that the
+            // folder sets aside.
+            let inserted: i64 = sqlx::query_scalar(
                 "WITH inserted AS (
                     INSERT INTO messages (conversation_id, seq, message_id, sender_id, content, sent_at, temp_message_id)
                     SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
-                    ON CONFLICT DO NOTHING
-                    RETURNING conversation_id, seq, message_id, sender_id, content, sent_at
-                 ), latest AS (
-                    SELECT DISTINCT ON (conversation_id) * FROM inserted
-                    ORDER BY conversation_id, seq DESC
+                        AS u(conversation_id, seq, message_id, sender_id, content, sent_at, temp_message_id)
+                     WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.message_id = u.message_id)
+                    RETURNING 1
                  )
-                 UPDATE conversations c
-                    SET latest_seq = l.seq, latest_message_id = l.message_id,
-                        latest_sender_id = l.sender_id, latest_content = l.content,
-                        latest_sent_at = l.sent_at
-                   FROM latest l
-                  WHERE c.conversation_id = l.conversation_id
-                    AND (c.latest_seq IS NULL OR c.latest_seq < l.seq)",
+                 SELECT count(*) FROM inserted",
             )
             .bind(&m.conversation_id)
             .bind(&m.seq)
@@ -155,8 +164,59 @@ impl Batch {
             .bind(&m.content)
             .bind(&m.sent_at)
             .bind(&m.temp_message_id)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            // Only messages inserted now move their conversation's latest message, and only
+            // forward in log order.
+            if inserted as usize == m.seq.len() {
+                // All of them (the usual case): each conversation's last message of the batch.
+                let mut l = MessageColumns::default();
+                for &i in self.latest.values() {
+                    l.conversation_id.push(m.conversation_id[i]);
+                    l.seq.push(m.seq[i]);
+                    l.message_id.push(m.message_id[i]);
+                    l.sender_id.push(m.sender_id[i].clone());
+                    l.content.push(m.content[i].clone());
+                    l.sent_at.push(m.sent_at[i]);
+                }
+                sqlx::query(
+                    "UPDATE conversations c
+                        SET latest_seq = l.seq, latest_message_id = l.message_id,
+                            latest_sender_id = l.sender_id, latest_content = l.content,
+                            latest_sent_at = l.sent_at
+                       FROM UNNEST($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[])
+                            AS l(conversation_id, seq, message_id, sender_id, content, sent_at)
+                      WHERE c.conversation_id = l.conversation_id
+                        AND (c.latest_seq IS NULL OR c.latest_seq < l.seq)",
+                )
+                .bind(&l.conversation_id)
+                .bind(&l.seq)
+                .bind(&l.message_id)
+                .bind(&l.sender_id)
+                .bind(&l.content)
+                .bind(&l.sent_at)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                // Some were there already: the latest of those at this batch's positions.
+                sqlx::query(
+                    "UPDATE conversations c
+                        SET latest_seq = l.seq, latest_message_id = l.message_id,
+                            latest_sender_id = l.sender_id, latest_content = l.content,
+                            latest_sent_at = l.sent_at
+                       FROM (SELECT DISTINCT ON (m.conversation_id) m.*
+                               FROM UNNEST($1::uuid[], $2::bigint[], $3::uuid[]) AS b(conversation_id, seq, message_id)
+                               JOIN messages m USING (conversation_id, seq, message_id)
+                              ORDER BY m.conversation_id, m.seq DESC) l
+                      WHERE c.conversation_id = l.conversation_id
+                        AND (c.latest_seq IS NULL OR c.latest_seq < l.seq)",
+                )
+                .bind(&m.conversation_id)
+                .bind(&m.seq)
+                .bind(&m.message_id)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
 
         if !self.reads.is_empty() {

@@ -49,6 +49,24 @@ pub enum FoldError {
     DeadLetter(#[from] anyhow::Error),
 }
 
+/// A record of the log with its event, decoded (or why it cannot be).
+#[derive(Debug)]
+pub struct Decoded {
+    pub record: Record,
+    pub event: Result<Positioned, String>,
+}
+
+impl Decoded {
+    pub fn new(record: Record) -> Self {
+        let event = decode(&record).map(|envelope| Positioned {
+            partition: record.partition,
+            offset: record.offset,
+            envelope,
+        });
+        Self { record, event }
+    }
+}
+
 /// Applies batches of records of one topic to a projection.
 pub struct Folder {
     topic: String,
@@ -84,6 +102,16 @@ impl Folder {
     /// Any other failure (the database is down, say) is returned: the batch must be retried,
     /// never skipped.
     pub async fn apply(&self, pool: &PgPool, records: &[Record]) -> Result<Outcome, FoldError> {
+        let decoded: Vec<Decoded> = records.iter().cloned().map(Decoded::new).collect();
+        self.apply_decoded(pool, &decoded).await
+    }
+
+    /// [`Folder::apply`] of records decoded already (decoding can then run ahead, elsewhere).
+    pub async fn apply_decoded(
+        &self,
+        pool: &PgPool,
+        records: &[Decoded],
+    ) -> Result<Outcome, FoldError> {
         match self.apply_with(pool, records, false).await {
             Err(FoldError::Database(e)) if is_data_error(&e) => {
                 tracing::warn!(error = %e, records = records.len(),
@@ -97,12 +125,12 @@ impl Folder {
     async fn apply_with(
         &self,
         pool: &PgPool,
-        records: &[Record],
+        records: &[Decoded],
         one_by_one: bool,
     ) -> Result<Outcome, FoldError> {
         let partitions: Vec<i32> = records
             .iter()
-            .map(|r| r.partition)
+            .map(|r| r.record.partition)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -112,27 +140,23 @@ impl Folder {
         let mut events = Vec::new();
         let mut next: HashMap<i32, i64> = HashMap::new();
         let mut poison: Vec<(&Record, String)> = Vec::new();
-        for record in records {
+        for Decoded { record, event } in records {
             if record.offset < stored.get(&record.partition).copied().unwrap_or(0) {
                 continue; // applied already
             }
             outcome.fresh += 1;
             let end = next.entry(record.partition).or_default();
             *end = (*end).max(record.offset + 1);
-            match decode(record) {
-                Ok(envelope) => events.push(Positioned {
-                    partition: record.partition,
-                    offset: record.offset,
-                    envelope,
-                }),
-                Err(reason) => poison.push((record, reason)),
+            match event {
+                Ok(event) => events.push(event),
+                Err(reason) => poison.push((record, reason.clone())),
             }
         }
         if next.is_empty() {
             return Ok(outcome); // a replay of what is applied already
         }
         if one_by_one {
-            for event in &events {
+            for &event in &events {
                 match apply_in_savepoint(&mut tx, event).await {
                     Ok(()) => {
                         *outcome
@@ -143,6 +167,7 @@ impl Folder {
                     Err(e) if is_data_error(&e) => {
                         let record = records
                             .iter()
+                            .map(|d| &d.record)
                             .find(|r| r.partition == event.partition && r.offset == event.offset)
                             .expect("every event comes from a record");
                         poison.push((record, format!("cannot be applied: {e}")));
@@ -151,7 +176,7 @@ impl Folder {
                 }
             }
         } else {
-            let batch = Batch::new(&events);
+            let batch = Batch::new(events.iter().copied());
             batch.apply(&mut tx).await?;
             outcome.counts = batch.counts;
         }

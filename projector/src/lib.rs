@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use dead_letter::{DeadLetters, dead_letter_topic};
 use events::Envelope;
-pub use folder::{Folder, Outcome, Poison};
+pub use folder::{Decoded, Folder, Outcome, Poison};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;

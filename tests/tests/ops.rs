@@ -515,3 +515,36 @@ async fn every_command_has_help() {
         assert!(text.contains("Usage: chatctl"), "{command:?}: {text}");
     }
 }
+
+#[tokio::test]
+async fn the_same_message_appended_twice_is_projected_once() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let c = Uuid::new_v4();
+    let first = message(c, "ann", "first");
+    let twice = message(c, "ben", "twice");
+    append_all(&env, &[created(c, &["ann", "ben"])]).await;
+    // Once in one batch, then again in a batch of its own: the first copy in the log wins.
+    append_all(&env, &[first.clone()]).await;
+    append_all(&env, &[twice.clone()]).await;
+    let pool = env.pool().await;
+    wait_caught_up(&env, &pool).await;
+    append_all(&env, &[twice.clone(), first.clone()]).await;
+    wait_caught_up(&env, &pool).await;
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT content FROM messages WHERE conversation_id = $1 ORDER BY seq")
+            .bind(c)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, [("first".to_owned(),), ("twice".to_owned(),)]);
+    let (latest,): (String,) =
+        sqlx::query_as("SELECT latest_content FROM conversations WHERE conversation_id = $1")
+            .bind(c)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(latest, "twice");
+    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+}
