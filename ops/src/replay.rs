@@ -82,7 +82,9 @@ impl Replayed {
 }
 
 /// Folds `spans` of the log into the projection `pool` points at, `batch` records per
-/// transaction. Reading the next batch overlaps with applying this one.
+/// transaction. Partitions are independent (a conversation lives in one), so they are folded in
+/// two lanes at once, each on its own connection: Postgres then works on both cores. In each
+/// lane, reading the log and decoding run a batch ahead of applying.
 pub async fn replay(
     pool: &PgPool,
     folder: &Folder,
@@ -91,7 +93,59 @@ pub async fn replay(
     batch: usize,
     bar: &ProgressBar,
 ) -> anyhow::Result<Replayed> {
+    replay_in_lanes(pool, folder, kafka, spans, batch, LANES, bar).await
+}
+
+/// [`replay`] with `lanes` folds at once (at most one per partition).
+pub async fn replay_in_lanes(
+    pool: &PgPool,
+    folder: &Folder,
+    kafka: &KafkaArgs,
+    spans: Vec<Span>,
+    batch: usize,
+    lanes: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<Replayed> {
     let started = Instant::now();
+    let mut spans: Vec<Span> = spans.into_iter().filter(|s| !s.is_empty()).collect();
+    spans.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut lanes: Vec<Vec<Span>> = vec![Vec::new(); lanes.min(spans.len()).max(1)];
+    for span in spans {
+        // The next largest span to the lightest lane.
+        let lightest = lanes
+            .iter_mut()
+            .min_by_key(|lane| log::total(lane))
+            .expect("at least one lane");
+        lightest.push(span);
+    }
+    let done = futures_util::future::try_join_all(
+        lanes
+            .into_iter()
+            .map(|lane| replay_lane(pool, folder, kafka, lane, batch, bar)),
+    )
+    .await?;
+    let mut replayed = Replayed::default();
+    for lane in done {
+        replayed.records += lane.records;
+        replayed.fresh += lane.fresh;
+        replayed.poison.extend(lane.poison);
+    }
+    replayed.elapsed = started.elapsed();
+    Ok(replayed)
+}
+
+/// Folds applying at once by default: Postgres does most of the work, one core per
+/// connection; two is this 2-core machine's worth.
+pub const LANES: usize = 2;
+
+async fn replay_lane(
+    pool: &PgPool,
+    folder: &Folder,
+    kafka: &KafkaArgs,
+    spans: Vec<Span>,
+    batch: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<Replayed> {
     let mut replayed = Replayed::default();
     // Three stages, each a batch ahead of the next: read the log, decode, apply.
     let mut batches = log::read(kafka, spans, batch);
@@ -115,6 +169,5 @@ pub async fn replay(
         replayed.poison.extend(outcome.poison);
         bar.inc(records.len() as u64);
     }
-    replayed.elapsed = started.elapsed();
     Ok(replayed)
 }

@@ -41,6 +41,9 @@ struct Args {
     /// Records per transaction of the fold.
     #[arg(long, default_value_t = replay::DEFAULT_BATCH)]
     batch_size: usize,
+    /// Folds applying at once, each on its own connection, over disjoint partitions.
+    #[arg(long, default_value_t = replay::LANES)]
+    lanes: usize,
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     brokers: String,
     /// A database the benchmark can create databases from.
@@ -76,7 +79,16 @@ async fn main() -> anyhow::Result<()> {
     let spans = spans(&kafka).await?;
     let bar = replay::progress(log::total(&spans), "replay");
     let folder = Folder::new(&kafka.topic, None);
-    let replayed = replay::replay(&pool, &folder, &kafka, spans, args.batch_size, &bar).await?;
+    let replayed = replay::replay_in_lanes(
+        &pool,
+        &folder,
+        &kafka,
+        spans,
+        args.batch_size,
+        args.lanes,
+        &bar,
+    )
+    .await?;
     bar.finish_and_clear();
     anyhow::ensure!(
         replayed.poison.is_empty(),
@@ -85,11 +97,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let fold_rate = replayed.per_second();
     println!(
-        "fold:  {} events in {:.2} s = {:.0} events/s (batches of {})",
+        "fold:  {} events in {:.2} s = {:.0} events/s (batches of {}, {} lane(s))",
         replayed.records,
         replayed.elapsed.as_secs_f64(),
         fold_rate,
-        args.batch_size
+        args.batch_size,
+        args.lanes
     );
 
     // The floor: the rows the fold produced, COPYed into the same, empty tables.
@@ -125,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let floor_rate = replayed.records as f64 / copied.as_secs_f64();
     println!(
-        "floor: {rows} rows by COPY in {:.2} s = {:.0} events/s",
+        "floor: {rows} rows by COPY (one stream) in {:.2} s = {:.0} events/s",
         copied.as_secs_f64(),
         floor_rate
     );
