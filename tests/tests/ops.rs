@@ -548,3 +548,106 @@ async fn the_same_message_appended_twice_is_projected_once() {
     let (code, out, err) = chatctl(&env, &["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[tokio::test]
+async fn rebuild_killed_mid_fold_resumes_and_switches() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let conversations: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    let setup: Vec<Envelope> = conversations
+        .iter()
+        .map(|c| created(*c, &["ann", "ben", "cat"]))
+        .collect();
+    append_all(&env, &setup).await;
+    append_all(&env, &history(&conversations, 60)).await;
+    let pool = env.pool().await;
+    wait_caught_up(&env, &pool).await;
+    let before = projection_digest(&pool).await;
+    let live_oid = table_oid(&pool, "messages").await;
+
+    // Small batches make the fold long enough to be killed in the middle of it.
+    let mut rebuild = tokio::process::Command::new(binary_path("chatctl"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.service_env())
+        .args(["rebuild", "--batch-size", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chatctl");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let folded: Result<i64, _> = sqlx::query_scalar(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM rebuild.projector_positions",
+        )
+        .fetch_one(&pool)
+        .await;
+        if folded.is_ok_and(|n| n > 60) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rebuild never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        rebuild.try_wait().unwrap().is_none(),
+        "the rebuild finished before it could be killed"
+    );
+    rebuild.kill().await.unwrap();
+
+    // The live projection is untouched; the partial fold is kept.
+    assert_eq!(table_oid(&pool, "messages").await, live_oid);
+    assert_eq!(projection_digest(&pool).await, before);
+    let (code, _, err) = chatctl(&env, &["rebuild"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming the interrupted rebuild"), "{err}");
+    assert_ne!(table_oid(&pool, "messages").await, live_oid);
+    assert_eq!(projection_digest(&pool).await, before);
+}
+
+#[tokio::test]
+async fn a_database_fault_is_retried_never_skipped() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let c = Uuid::new_v4();
+    append_all(&env, &[created(c, &["ann", "ben"])]).await;
+    let pool = env.pool().await;
+    wait_caught_up(&env, &pool).await;
+
+    // Not a problem of the event: the table is gone for a while (SQLSTATE 42P01).
+    sqlx::query("ALTER TABLE messages RENAME TO messages_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let positions = "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions";
+    let stuck: i64 = sqlx::query_scalar(positions)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    append_all(&env, &[message(c, "ann", "waits for the database")]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still: i64 = sqlx::query_scalar(positions)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(still, stuck, "nothing is skipped while the database fails");
+    sqlx::query("ALTER TABLE messages_away RENAME TO messages")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    wait_caught_up(&env, &pool).await;
+    let (content,): (String,) =
+        sqlx::query_as("SELECT content FROM messages WHERE conversation_id = $1")
+            .bind(c)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(content, "waits for the database");
+    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("No dead-lettered events."), "{out}");
+}
