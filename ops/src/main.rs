@@ -51,6 +51,16 @@ async fn main() -> ExitCode {
         .init();
     match run(cli).await {
         Ok(code) => code,
+        // `chatctl events | head`: the reader has what it wanted.
+        Err(e)
+            if e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("chatctl: {e:#}");
             ExitCode::from(2)

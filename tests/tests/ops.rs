@@ -313,9 +313,28 @@ async fn verify_finds_a_corrupted_row() {
         .await
         .unwrap();
 
+    let (reader, read_seq): (String, i64) = sqlx::query_as(
+        "UPDATE read_markers SET read_seq = read_seq - 1
+          WHERE (conversation_id, user_id) = (SELECT conversation_id, user_id FROM read_markers
+                                               WHERE conversation_id = $1 LIMIT 1)
+          RETURNING user_id, read_seq + 1",
+    )
+    .bind(conversations[1])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+
     let (code, out, err) = chatctl(&env, &["verify"]).await;
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.starts_with("MISMATCH: 2 difference(s)"), "{out}");
+    assert!(out.starts_with("MISMATCH: 3 difference(s)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "conversation {}: {reader} has read up to log offset {read_seq} in the log but {} in the projection",
+            conversations[1],
+            read_seq - 1
+        )),
+        "{out}"
+    );
     assert!(
         out.contains(&format!(
             "conversation {target}: latest message's content is {latest_content:?} in the log but \"tampered\" in the projection"
