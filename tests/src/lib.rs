@@ -5,6 +5,8 @@
 //! The stack's addresses come from the same environment variables the services read
 //! (`KAFKA_BROKERS`, `DATABASE_URL`, `REDIS_URL`), with the local stack's defaults.
 
+pub mod fixtures;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -4,57 +4,14 @@
 use std::time::Duration;
 
 use chat_tests::TestEnv;
-use events::{ConversationCreated, Envelope, Event, MessageSent, MessagesRead, Timestamp};
+use chat_tests::fixtures::{PROJECTION_TABLES, created, message, table_digest, wait_for_count};
+use events::{Envelope, Event, MessagesRead};
 use futures_util::future::join_all;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-fn created(conversation_id: Uuid, users: &[&str]) -> Envelope {
-    let mut participants: Vec<String> = users.iter().map(|u| u.to_string()).collect();
-    participants.sort();
-    Envelope::new(Event::ConversationCreated(ConversationCreated {
-        conversation_id,
-        created_by: users[0].to_owned(),
-        participants,
-        is_group: users.len() > 2,
-        title: if users.len() > 2 {
-            "group".into()
-        } else {
-            String::new()
-        },
-    }))
-}
-
-fn message(conversation_id: Uuid, sender: &str, content: &str) -> Envelope {
-    Envelope::new(Event::MessageSent(MessageSent {
-        conversation_id,
-        message_id: Uuid::new_v4(),
-        sender_id: sender.to_owned(),
-        content: content.to_owned(),
-        temp_message_id: format!("tmp-{content}"),
-        sent_at: Timestamp::now(),
-    }))
-}
-
-/// Waits until `query` (a single bigint) reaches `want`.
-async fn wait_for_count(pool: &PgPool, query: &str, want: i64, patience: Duration) {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        let got: i64 = sqlx::query_scalar(query).fetch_one(pool).await.unwrap();
-        if got >= want {
-            assert_eq!(got, want, "{query}");
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{query}: {got} of {want} after {patience:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn appended_event_is_projected_and_seen_by_consumers() {
@@ -119,26 +76,6 @@ async fn appended_event_is_projected_and_seen_by_consumers() {
     assert_eq!(record.key(), Some(conversation_id.to_string().as_bytes()));
     assert_eq!(record.partition(), position.partition);
     assert_eq!(Envelope::decode(record.payload().unwrap()).unwrap(), event);
-}
-
-/// A digest of every projected table, ordered, to compare two projections row for row.
-async fn projection_digest(pool: &PgPool) -> Vec<(String, i64, String)> {
-    let mut out = Vec::new();
-    for (table, order) in [
-        ("conversations", "conversation_id"),
-        ("participants", "conversation_id, user_id"),
-        ("messages", "conversation_id, seq"),
-        ("read_markers", "conversation_id, user_id"),
-    ] {
-        let (count, digest): (i64, Option<String>) = sqlx::query_as(&format!(
-            "SELECT count(*), md5(string_agg(t::text, '|' ORDER BY {order})) FROM {table} t"
-        ))
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        out.push((table.to_owned(), count, digest.unwrap_or_default()));
-    }
-    out
 }
 
 #[tokio::test]
@@ -221,8 +158,8 @@ async fn projector_killed_mid_batch_resumes_exactly() {
     // Both have applied the whole log: compare every table, row for row.
     wait_positions_equal(&pool, &reference_pool).await;
     assert_eq!(
-        projection_digest(&pool).await,
-        projection_digest(&reference_pool).await
+        table_digest(&pool, &PROJECTION_TABLES).await,
+        table_digest(&reference_pool, &PROJECTION_TABLES).await
     );
     uninterrupted.kill().await;
 }
@@ -274,15 +211,23 @@ async fn applying_a_batch_twice_changes_nothing() {
         }
     };
     apply(events.clone()).await;
-    let once = projection_digest(&pool).await;
+    let once = table_digest(&pool, &PROJECTION_TABLES).await;
     assert_eq!(
         once.iter().map(|(_, n, _)| *n).collect::<Vec<_>>(),
         [1, 3, 3, 1]
     );
     apply(events.clone()).await;
-    assert_eq!(projection_digest(&pool).await, once, "the same batch again");
+    assert_eq!(
+        table_digest(&pool, &PROJECTION_TABLES).await,
+        once,
+        "the same batch again"
+    );
     apply(events[1..3].to_vec()).await;
-    assert_eq!(projection_digest(&pool).await, once, "a replayed prefix");
+    assert_eq!(
+        table_digest(&pool, &PROJECTION_TABLES).await,
+        once,
+        "a replayed prefix"
+    );
     let marker: i64 = sqlx::query_scalar("SELECT read_seq FROM read_markers WHERE user_id = 'cy'")
         .fetch_one(&pool)
         .await

@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
+use chat_tests::fixtures::{
+    PROJECTION_TABLES, append_all, created, message, read, table_digest, wait_for_count as wait_for,
+};
 use chat_tests::{RestClient, TestEnv, binary_path};
-use events::{ConversationCreated, Envelope, Event, MessageSent, MessagesRead, Timestamp};
+use events::{Envelope, Timestamp};
 use futures_util::future::join_all;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -13,40 +16,6 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-fn created(conversation_id: Uuid, users: &[&str]) -> Envelope {
-    let mut participants: Vec<String> = users.iter().map(|u| u.to_string()).collect();
-    participants.sort();
-    Envelope::new(Event::ConversationCreated(ConversationCreated {
-        conversation_id,
-        created_by: users[0].to_owned(),
-        participants,
-        is_group: users.len() > 2,
-        title: if users.len() > 2 {
-            "group".into()
-        } else {
-            String::new()
-        },
-    }))
-}
-
-fn message(conversation_id: Uuid, sender: &str, content: &str) -> Envelope {
-    Envelope::new(Event::MessageSent(MessageSent {
-        conversation_id,
-        message_id: Uuid::new_v4(),
-        sender_id: sender.to_owned(),
-        content: content.to_owned(),
-        temp_message_id: format!("tmp-{content}"),
-        sent_at: Timestamp::now(),
-    }))
-}
-
-fn read(conversation_id: Uuid, user: &str) -> Envelope {
-    Envelope::new(Event::MessagesRead(MessagesRead {
-        conversation_id,
-        user_id: user.to_owned(),
-    }))
-}
 
 /// A small but complete history: conversations, messages and reads across partitions.
 fn history(conversations: &[Uuid], waves: usize) -> Vec<Envelope> {
@@ -62,30 +31,6 @@ fn history(conversations: &[Uuid], waves: usize) -> Vec<Envelope> {
         }
     }
     out
-}
-
-async fn append_all(env: &TestEnv, events: &[Envelope]) {
-    let writer = env.writer();
-    for result in join_all(events.iter().map(|e| writer.append(e))).await {
-        result.expect("append");
-    }
-}
-
-/// Waits until `query` (a single bigint) reaches `want`.
-async fn wait_for(pool: &PgPool, query: &str, want: i64, patience: Duration) {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        let got: i64 = sqlx::query_scalar(query).fetch_one(pool).await.unwrap();
-        if got >= want {
-            assert_eq!(got, want, "{query}");
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{query}: {got} of {want} after {patience:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The log's end offsets summed: what the projection's positions reach once caught up.
@@ -113,27 +58,6 @@ async fn wait_caught_up(env: &TestEnv, pool: &PgPool) {
         Duration::from_secs(30),
     )
     .await;
-}
-
-/// A digest of every projected table, ordered, to compare two projections row for row.
-async fn projection_digest(pool: &PgPool) -> Vec<(String, i64, String)> {
-    let mut out = Vec::new();
-    for (table, order) in [
-        ("conversations", "conversation_id"),
-        ("participants", "conversation_id, user_id"),
-        ("messages", "conversation_id, seq"),
-        ("read_markers", "conversation_id, user_id"),
-        ("projector_positions", "topic, partition"),
-    ] {
-        let (count, digest): (i64, Option<String>) = sqlx::query_as(&format!(
-            "SELECT count(*), md5(string_agg(t::text, '|' ORDER BY {order})) FROM {table} t"
-        ))
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        out.push((table.to_owned(), count, digest.unwrap_or_default()));
-    }
-    out
 }
 
 /// Runs `chatctl` against this test's stack; returns its exit code, stdout and stderr.
@@ -669,4 +593,11 @@ async fn a_database_fault_is_retried_never_skipped() {
     let (code, out, err) = chatctl(&env, &["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("No dead-lettered events."), "{out}");
+}
+
+/// The projection's tables and its positions, compared row for row.
+async fn projection_digest(pool: &PgPool) -> Vec<(String, i64, String)> {
+    let mut tables = PROJECTION_TABLES.to_vec();
+    tables.push(("projector_positions", "topic, partition"));
+    table_digest(pool, &tables).await
 }

@@ -1,0 +1,97 @@
+//! Events and checks that several test files build on.
+
+use std::time::Duration;
+
+use events::{ConversationCreated, Envelope, Event, MessageSent, MessagesRead, Timestamp};
+use futures_util::future::join_all;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::TestEnv;
+
+/// `ConversationCreated` by `users[0]`; more than two users make a group titled "group".
+pub fn created(conversation_id: Uuid, users: &[&str]) -> Envelope {
+    let mut participants: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+    participants.sort();
+    let is_group = users.len() > 2;
+    Envelope::new(Event::ConversationCreated(ConversationCreated {
+        conversation_id,
+        created_by: users[0].to_owned(),
+        participants,
+        is_group,
+        title: if is_group {
+            "group".into()
+        } else {
+            String::new()
+        },
+    }))
+}
+
+/// `MessageSent` now, with a fresh message id and `tmp-<content>` as its temp id.
+pub fn message(conversation_id: Uuid, sender: &str, content: &str) -> Envelope {
+    Envelope::new(Event::MessageSent(MessageSent {
+        conversation_id,
+        message_id: Uuid::new_v4(),
+        sender_id: sender.to_owned(),
+        content: content.to_owned(),
+        temp_message_id: format!("tmp-{content}"),
+        sent_at: Timestamp::now(),
+    }))
+}
+
+/// `MessagesRead` by `user`.
+pub fn read(conversation_id: Uuid, user: &str) -> Envelope {
+    Envelope::new(Event::MessagesRead(MessagesRead {
+        conversation_id,
+        user_id: user.to_owned(),
+    }))
+}
+
+/// Appends every event concurrently through the test's writer; panics on any failure.
+pub async fn append_all(env: &TestEnv, events: &[Envelope]) {
+    let writer = env.writer();
+    for result in join_all(events.iter().map(|e| writer.append(e))).await {
+        result.expect("append");
+    }
+}
+
+/// Waits until `query` (a single bigint) reaches `want`, and asserts it does not overshoot.
+pub async fn wait_for_count(pool: &PgPool, query: &str, want: i64, patience: Duration) {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let got: i64 = sqlx::query_scalar(query).fetch_one(pool).await.unwrap();
+        if got >= want {
+            assert_eq!(got, want, "{query}");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{query}: {got} of {want} after {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The projection's tables with the order that makes their digest deterministic.
+pub const PROJECTION_TABLES: [(&str, &str); 4] = [
+    ("conversations", "conversation_id"),
+    ("participants", "conversation_id, user_id"),
+    ("messages", "conversation_id, seq"),
+    ("read_markers", "conversation_id, user_id"),
+];
+
+/// A digest of each table (row count and md5 of its ordered rows), to compare two projections
+/// row for row.
+pub async fn table_digest(pool: &PgPool, tables: &[(&str, &str)]) -> Vec<(String, i64, String)> {
+    let mut out = Vec::new();
+    for (table, order) in tables {
+        let (count, digest): (i64, Option<String>) = sqlx::query_as(&format!(
+            "SELECT count(*), md5(string_agg(t::text, '|' ORDER BY {order})) FROM {table} t"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        out.push((table.to_string(), count, digest.unwrap_or_default()));
+    }
+    out
+}
