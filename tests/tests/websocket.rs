@@ -175,7 +175,11 @@ async fn registrations(env: &TestEnv, user: &str) -> Vec<(String, String)> {
             .query_async(&mut redis)
             .await
             .unwrap();
-        out.push((id, edge.expect("each connection has its hash")));
+        // A connection closing between the two reads is gone from both (one script removes
+        // them together): skip it rather than report a hash-less registration.
+        if let Some(edge) = edge {
+            out.push((id, edge));
+        }
     }
     out
 }
