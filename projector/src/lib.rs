@@ -110,7 +110,7 @@ impl Projector {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "5000")
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", "100")
             .create_with_context(Context)?;
         consumer.subscribe(&[&kafka.topic])?;
         let dead_letters = DeadLetters::new(kafka)?;
