@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let projector_args = projector::ProjectorArgs {
         group: format!("{topic}-projector"),
         max_batch: 2000,
+        gather_ms: 10,
     };
     let projector = projector::Projector::new(&kafka, &projector_args, pool.clone())?;
     tokio::spawn(projector.run(std::future::pending()));
