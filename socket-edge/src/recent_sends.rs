@@ -4,8 +4,9 @@
 //! Key `P sent:{<userId>}:<conversationId>:<tempMessageId>`, claimed with `SET NX PX` before the
 //! append:
 //!
-//! - `p:<messageId>` while the append is in flight: a concurrent retry gets `send_in_progress`;
-//!   if the append fails the claim is released (compare-and-delete), so a retry sends afresh.
+//! - `p:<messageId>` while the append is in flight: a concurrent retry waits for the outcome
+//!   (`send_in_progress` only if none comes within the append timeout); if the append fails the
+//!   claim is released (compare-and-delete), so a retry sends afresh.
 //! - `d:<new-message frame>` once Kafka acknowledged: a retry gets the original `new-message`
 //!   frame on its own connection, and no second event is appended.
 //!
@@ -38,6 +39,10 @@ pub struct RecentSends {
     release: std::sync::Arc<Script>,
 }
 
+/// Longest a retry waits for an in-flight first attempt: the writer's delivery timeout (10 s)
+/// and a margin.
+const IN_FLIGHT_PATIENCE: Duration = Duration::from_secs(11);
+
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -68,8 +73,12 @@ impl RecentSends {
     ) -> RedisResult<Claim> {
         let mut redis = self.redis.connection().await?;
         let key = self.key(user, conversation, temp_message_id);
-        // Twice at most: the key may expire between the SET and the GET.
-        for _ in 0..2 {
+        // A retry that finds the first attempt in flight waits for its outcome (its echo from the
+        // log can reach the client before the confirmation reaches Redis), at most as long as
+        // an append can take.
+        let deadline = tokio::time::Instant::now() + IN_FLIGHT_PATIENCE;
+        let mut pause = Duration::from_millis(5);
+        loop {
             let claimed: Option<String> = redis::cmd("SET")
                 .arg(&key)
                 .arg(format!("p:{message_id}"))
@@ -83,17 +92,19 @@ impl RecentSends {
             }
             let existing: Option<String> =
                 redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
-            match existing {
-                Some(value) => {
-                    return Ok(match value.strip_prefix("d:") {
-                        Some(frame) => Claim::Sent(frame.to_owned()),
-                        None => Claim::InFlight,
-                    });
+            match existing.as_deref().map(|v| v.strip_prefix("d:")) {
+                Some(Some(frame)) => return Ok(Claim::Sent(frame.to_owned())),
+                Some(None) if tokio::time::Instant::now() >= deadline => {
+                    return Ok(Claim::InFlight);
                 }
-                None => continue,
+                Some(None) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                // Expired or released between the SET and the GET: claim again.
+                None => {}
             }
         }
-        Ok(Claim::InFlight)
     }
 
     /// The append succeeded: remember its frame for the rest of the window.
