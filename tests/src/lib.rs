@@ -131,6 +131,16 @@ impl TestEnv {
         self.spawn("projector", "PROJECTOR_HTTP_ADDR", &[]).await
     }
 
+    /// Starts a projector that folds `topic` (another test's log) into this test's database.
+    pub async fn spawn_projector_of(&self, topic: &str) -> Service {
+        self.spawn(
+            "projector",
+            "PROJECTOR_HTTP_ADDR",
+            &[("CHAT_EVENTS_TOPIC", topic)],
+        )
+        .await
+    }
+
     /// Starts the REST API and waits until it is ready.
     pub async fn spawn_api(&self) -> Service {
         self.spawn_api_with(&[]).await

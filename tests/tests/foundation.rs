@@ -140,13 +140,7 @@ async fn projector_killed_mid_batch_resumes_exactly() {
 
     // A second, uninterrupted projector folds the same log into another database.
     let reference = TestEnv::new().await;
-    let mut uninterrupted = reference
-        .spawn(
-            "projector",
-            "PROJECTOR_HTTP_ADDR",
-            &[("CHAT_EVENTS_TOPIC", env.topic.as_str())],
-        )
-        .await;
+    let mut uninterrupted = reference.spawn_projector_of(&env.topic).await;
     let reference_pool = reference.pool().await;
     wait_for_count(
         &reference_pool,

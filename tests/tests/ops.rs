@@ -167,13 +167,7 @@ async fn rebuild_switches_to_a_fresh_fold_under_live_traffic() {
 
     // Row for row the same as an uninterrupted projector's fold of the same log.
     let reference = TestEnv::new().await;
-    let _uninterrupted = reference
-        .spawn(
-            "projector",
-            "PROJECTOR_HTTP_ADDR",
-            &[("CHAT_EVENTS_TOPIC", env.topic.as_str())],
-        )
-        .await;
+    let _uninterrupted = reference.spawn_projector_of(&env.topic).await;
     let reference_pool = reference.pool().await;
     wait_caught_up(&env, &reference_pool).await;
     assert_eq!(
