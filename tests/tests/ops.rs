@@ -462,8 +462,8 @@ async fn the_same_message_appended_twice_is_projected_once() {
     let twice = message(c, "ben", "twice");
     append_all(&env, &[created(c, &["ann", "ben"])]).await;
     // Once in one batch, then again in a batch of its own: the first copy in the log wins.
-    append_all(&env, &[first.clone()]).await;
-    append_all(&env, &[twice.clone()]).await;
+    append_all(&env, std::slice::from_ref(&first)).await;
+    append_all(&env, std::slice::from_ref(&twice)).await;
     let pool = env.pool().await;
     wait_caught_up(&env, &pool).await;
     append_all(&env, &[twice.clone(), first.clone()]).await;
