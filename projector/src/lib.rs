@@ -215,20 +215,18 @@ impl Projector {
                     records.push(Record::from_message(&message));
                     break;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the log failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+                // librdkafka reconnects by itself; these are reports of what it is going
+                // through, queued in order with the records. Never sleep on one: during an
+                // outage they pile up faster than a sleeping reader drains them, and the
+                // records behind them would wait long after the broker is back.
+                Err(e) => tracing::debug!(error = %e, "the log reported an error"),
             }
         }
         let gather_until = tokio::time::Instant::now() + self.gather;
         while records.len() < self.max_batch {
             match tokio::time::timeout_at(gather_until, self.consumer.recv()).await {
                 Ok(Ok(message)) => records.push(Record::from_message(&message)),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "reading the log failed");
-                    break;
-                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "the log reported an error"),
                 Err(_) => break,
             }
         }

@@ -168,10 +168,10 @@ impl LogTail {
                         ),
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the log failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                // A report of what librdkafka is going through (it reconnects by itself),
+                // queued with the records: no sleeping here, or records queued behind a pile
+                // of outage reports would be delivered late.
+                Err(e) => tracing::debug!(error = %e, "the log reported an error"),
             }
         }
     }
