@@ -49,9 +49,13 @@ struct Args {
     /// Messages sent per second (all connections together).
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
-    /// Seconds measured (after a 2 s warm-up).
+    /// Seconds measured.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Seconds of the same load sent before measuring, so that the broker's JIT compiler and
+    /// every cache are warm (a freshly started Kafka is several times slower for a minute).
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
     #[arg(long, env = "CHAT_JWT_SECRET", default_value = "pagenow-dev-secret")]
     jwt_secret: String,
     #[arg(
@@ -128,6 +132,19 @@ async fn main() -> anyhow::Result<()> {
     table.push((
         "send→deliver max".into(),
         format!("{:.2} ms", load.latency.max() as f64 / 1000.0),
+    ));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let busy: f64 = load.cpu.iter().map(|(_, pct)| pct).sum();
+    table.push((
+        "CPU while measuring (% of one core)".into(),
+        format!(
+            "{} (sum {busy:.0}% of {cores} cores)",
+            load.cpu
+                .iter()
+                .map(|(name, pct)| format!("{name} {pct:.0}%"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     ));
 
     let width = table.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -223,6 +240,8 @@ struct LoadResult {
     expected: u64,
     received: u64,
     errors: u64,
+    /// CPU used by each process of the stack while measuring, in % of one core.
+    cpu: Vec<(String, f64)>,
 }
 
 async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
@@ -275,8 +294,8 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
     let received = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let mut sinks: Vec<Arc<tokio::sync::Mutex<Sink>>> = Vec::new();
-    // Each connection records into its own histogram (no lock shared by 2,000 readers); they
-    // are merged once the connections close.
+    // Each connection keeps its own samples (no lock shared by 2,000 readers); they are merged
+    // into one histogram once the connections close.
     let mut readers = Vec::new();
     let sockets = open_many(args, &format!("load-{run}"), users.len()).await?;
     for ws in sockets {
@@ -284,7 +303,7 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
         sinks.push(Arc::new(tokio::sync::Mutex::new(sink)));
         let (recording, received, errors) = (recording.clone(), received.clone(), errors.clone());
         readers.push(tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut latency: Vec<u64> = Vec::new();
             while let Some(Ok(frame)) = stream.next().await {
                 let Message::Text(text) = frame else { continue };
                 let at = now_micros();
@@ -302,7 +321,7 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
                     && frame.temp_message_id.is_some_and(|t| t.starts_with('m'))
                 {
                     received.fetch_add(1, Ordering::Relaxed);
-                    let _ = latency.record(at.saturating_sub(sent).max(1));
+                    latency.push(at.saturating_sub(sent).max(1));
                 }
             }
             latency
@@ -338,11 +357,13 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
             (total, started.elapsed())
         }
     };
-    send(2, 'w').await;
+    send(args.warmup, 'w').await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     recording.store(true, Ordering::Relaxed);
     let measured_from = Instant::now();
+    let cpu_before = cpu::sample();
     let (sent, sending) = send(args.seconds, 'm').await;
+    let cpu = cpu::usage(&cpu_before, &cpu::sample(), measured_from.elapsed());
     // Let the last deliveries arrive.
     let expected = sent * per_conversation as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -360,7 +381,9 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for reader in readers {
         if let Ok(Ok(own)) = tokio::time::timeout(Duration::from_secs(5), reader).await {
-            latency.add(own)?;
+            for sample in own {
+                latency.record(sample)?;
+            }
         }
     }
     Ok(LoadResult {
@@ -370,6 +393,7 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
         expected,
         received,
         errors: errors.load(Ordering::Relaxed),
+        cpu,
     })
 }
 
@@ -464,5 +488,84 @@ async fn wait_ready(edge: &str) -> anyhow::Result<()> {
             "the edge at {authority} is not ready"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// CPU time of the stack's processes, from `/proc` (Linux), grouped by process name.
+mod cpu {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    /// The processes worth naming; `java` is the Kafka broker.
+    const NAMES: [&str; 7] = [
+        "socket-edge",
+        "java",
+        "ws-load",
+        "projector",
+        "chat-api",
+        "redis-server",
+        "postgres",
+    ];
+
+    /// Clock ticks of user + system time per process name.
+    pub fn sample() -> BTreeMap<String, u64> {
+        let mut ticks = BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return ticks;
+        };
+        for entry in entries.flatten() {
+            // Processes only: not /proc/self, which would count this process twice.
+            if !entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = &stat[open + 1..close];
+            let Some(name) = NAMES
+                .iter()
+                .find(|n| comm.starts_with(&n[..n.len().min(15)]))
+            else {
+                continue;
+            };
+            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+            // After comm: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+            let used: u64 = [11, 12]
+                .iter()
+                .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+                .sum();
+            *ticks.entry(name.to_string()).or_default() += used;
+        }
+        ticks
+    }
+
+    /// Each name's share of one core between two samples, busiest first. Processes that
+    /// exited in between (postgres backends) are left out of the second sample, so this is
+    /// a lower bound for them.
+    pub fn usage(
+        before: &BTreeMap<String, u64>,
+        after: &BTreeMap<String, u64>,
+        elapsed: Duration,
+    ) -> Vec<(String, f64)> {
+        // Linux reports in USER_HZ, which is 100 on every platform Rust targets.
+        let seconds = elapsed.as_secs_f64().max(0.001);
+        let mut usage: Vec<(String, f64)> = after
+            .iter()
+            .map(|(name, &t)| {
+                let used = t.saturating_sub(before.get(name).copied().unwrap_or(0));
+                (name.clone(), used as f64 / 100.0 / seconds * 100.0)
+            })
+            .collect();
+        usage.sort_by(|a, b| b.1.total_cmp(&a.1));
+        usage
     }
 }
