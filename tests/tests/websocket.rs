@@ -810,6 +810,17 @@ async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_mes
     assert_eq!(error["type"], "error", "{error}");
     assert_eq!(error["code"], "unavailable");
     assert_eq!(error["tempMessageId"], "k1");
+    // Once the writer knows every broker is down, sends are refused at once rather than each
+    // waiting out the 10 s delivery timeout (and holding up the connection's later frames).
+    for attempt in ["k1", "k1"] {
+        alice.send_message(id, "during", attempt).await;
+        let error = alice
+            .next_within(Duration::from_secs(5))
+            .await
+            .expect("a prompt refusal while Kafka is known to be down");
+        assert_eq!(error["code"], "unavailable", "{error}");
+        assert_eq!(error["tempMessageId"], "k1");
+    }
 
     let restarted = tokio::process::Command::new(root.join("scripts/stack"))
         .arg("infra-up")

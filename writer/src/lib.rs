@@ -3,16 +3,23 @@
 //! Nobody else appends to `chat.events`. The producer is idempotent with `acks=all`, and
 //! [`Writer::append`] returns only once Kafka acknowledged the record, with its position: a
 //! command is acknowledged to a client only after its event is durable in the log.
+//!
+//! While librdkafka reports every broker down, appends fail at once instead of each waiting out
+//! the delivery timeout: one append at a time first asks the broker for metadata (briefly), and
+//! the others are refused with [`AppendError::Unreachable`]. Nothing refused was queued, so a
+//! refusal never turns into a late, unacknowledged record.
 
 pub mod admin;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use events::Envelope;
-use rdkafka::ClientConfig;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, ClientContext};
 
 /// Where the log lives; flattened into every service's configuration.
 #[derive(clap::Args, Clone, Debug)]
@@ -50,12 +57,40 @@ pub enum AppendError {
         #[source]
         source: KafkaError,
     },
+    #[error(
+        "the event log is unreachable (every Kafka broker is down); {type_name} was not appended"
+    )]
+    Unreachable { type_name: &'static str },
+}
+
+/// What the writer knows of its connection to Kafka.
+#[derive(Default)]
+struct Connectivity {
+    /// librdkafka reported every broker down, and Kafka has not answered since.
+    down: AtomicBool,
+    /// An append is asking Kafka whether it is back (one at a time).
+    probing: AtomicBool,
+}
+
+/// Hears librdkafka's error reports: "all brokers down" marks the log unreachable.
+struct WriterContext {
+    connectivity: Arc<Connectivity>,
+}
+
+impl ClientContext for WriterContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.connectivity.down.store(true, Ordering::Release);
+        }
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
 }
 
 /// Appends events to the log.
 #[derive(Clone)]
 pub struct Writer {
-    producer: FutureProducer,
+    producer: FutureProducer<WriterContext>,
+    connectivity: Arc<Connectivity>,
     topic: String,
     /// How long a record may wait for Kafka before the append fails (and the client hears so).
     delivery_timeout: Duration,
@@ -66,7 +101,8 @@ impl Writer {
     /// errors and as not-ready, never as a crash.
     pub fn new(args: &KafkaArgs) -> Result<Self, KafkaError> {
         let delivery_timeout = Duration::from_secs(10);
-        let producer: FutureProducer = ClientConfig::new()
+        let connectivity = Arc::new(Connectivity::default());
+        let producer = ClientConfig::new()
             .set("bootstrap.servers", &args.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -78,9 +114,15 @@ impl Writer {
             )
             // The Java client's partitioner, so every Kafka tool agrees on a key's partition.
             .set("partitioner", "murmur2_random")
-            .create()?;
+            // Reconnect within a second of a broker's return (librdkafka's default backs off to
+            // 10 s), so an outage ends for our clients when it ends for Kafka.
+            .set("reconnect.backoff.max.ms", "1000")
+            .create_with_context(WriterContext {
+                connectivity: connectivity.clone(),
+            })?;
         Ok(Self {
             producer,
+            connectivity,
             topic: args.topic.clone(),
             delivery_timeout,
         })
@@ -95,6 +137,10 @@ impl Writer {
         let type_name = envelope.event.type_name();
         let key = envelope.key();
         let value = envelope.encode();
+        if self.connectivity.down.load(Ordering::Acquire) && !self.probe().await {
+            metrics::counter!("chat_append_failures_total", "type" => type_name).increment(1);
+            return Err(AppendError::Unreachable { type_name });
+        }
         let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
         let started = Instant::now();
         let outcome = self
@@ -122,14 +168,30 @@ impl Writer {
         }
     }
 
+    /// While Kafka is marked down: whether it answers now (then the mark is cleared). Only one
+    /// append asks at a time; the others are refused meanwhile.
+    async fn probe(&self) -> bool {
+        if self.connectivity.probing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let reachable = self.answers_metadata(Duration::from_millis(500)).await;
+        self.connectivity.probing.store(false, Ordering::Release);
+        reachable
+    }
+
     /// Whether the broker answers a metadata request for the topic (readiness).
     pub async fn ready(&self) -> bool {
+        self.answers_metadata(Duration::from_secs(2)).await
+    }
+
+    /// Asks for the topic's metadata; an answer also clears the "all brokers down" mark.
+    async fn answers_metadata(&self, timeout: Duration) -> bool {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || {
+        let answered = tokio::task::spawn_blocking(move || {
             producer
                 .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .fetch_metadata(Some(&topic), timeout)
                 .is_ok_and(|m| {
                     m.topics()
                         .iter()
@@ -137,6 +199,10 @@ impl Writer {
                 })
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        if answered {
+            self.connectivity.down.store(false, Ordering::Release);
+        }
+        answered
     }
 }
