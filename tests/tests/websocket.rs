@@ -779,6 +779,7 @@ async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_mes
     let env = TestEnv::new().await;
     let _projector = env.spawn_projector().await;
     let mut edge = env.spawn_edge().await;
+    let api = env.spawn_api().await;
     let id = conversation(&env, &["alice", "bob"]).await;
     let mut alice = Client::connect(&env, &edge, "alice").await;
     let mut bob = Client::connect(&env, &edge, "bob").await;
@@ -821,6 +822,15 @@ async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_mes
         assert_eq!(error["code"], "unavailable", "{error}");
         assert_eq!(error["tempMessageId"], "k1");
     }
+    // REST commands go through the same writer: a prompt 503 with a JSON body.
+    let rest = RestClient::new(api.url(""), env.token("alice"));
+    let create = json!({"recipientIdArr": ["bob", "carol"], "isGroup": true, "title": "t"});
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(5), rest.post("/conversation", &create))
+            .await
+            .expect("a prompt answer from the REST API while Kafka is down");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "log_unavailable", "{body}");
 
     let restarted = tokio::process::Command::new(root.join("scripts/stack"))
         .arg("infra-up")
