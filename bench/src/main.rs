@@ -68,7 +68,7 @@ struct Args {
     kafka: writer::KafkaArgs,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let run = Uuid::new_v4().simple().to_string()[..8].to_owned();

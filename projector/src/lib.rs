@@ -106,7 +106,15 @@ pub struct Projector {
     gather: Duration,
     /// False while the last batch could not be applied (the database is down, say).
     healthy: Arc<AtomicBool>,
+    /// Next offset per partition not yet told to Kafka, and when Kafka was last told.
+    unhinted: HashMap<i32, i64>,
+    last_hint: Instant,
 }
+
+/// How often the projector tells Kafka how far it got. Only a hint (Postgres holds the real
+/// positions), so once a second is plenty; a commit per batch would make the broker write its
+/// offsets topic ~100 times a second under load.
+const HINT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Projector {
     pub fn new(kafka: &KafkaArgs, args: &ProjectorArgs, pool: PgPool) -> anyhow::Result<Self> {
@@ -131,6 +139,8 @@ impl Projector {
             max_batch: args.max_batch.max(1),
             gather: Duration::from_millis(args.gather_ms),
             healthy: Arc::new(AtomicBool::new(true)),
+            unhinted: HashMap::new(),
+            last_hint: Instant::now(),
         })
     }
 
@@ -173,12 +183,18 @@ impl Projector {
     }
 
     /// Runs until `shutdown` resolves; the batch in hand is finished first.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         loop {
             let records = tokio::select! {
                 records = self.next_records() => records,
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown => {
+                    self.commit_hint();
+                    return Ok(());
+                }
             };
             let mut backoff = Duration::from_millis(100);
             let started = Instant::now();
@@ -196,13 +212,22 @@ impl Projector {
                         tracing::error!(error = %e, records = records.len(), "batch not applied; retrying");
                         tokio::select! {
                             () = tokio::time::sleep(backoff) => {},
-                            () = &mut shutdown => return Ok(()),
+                            () = &mut shutdown => {
+                                self.commit_hint();
+                                return Ok(());
+                            }
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
             }
-            self.commit_hint(&records);
+            for r in &records {
+                let next = self.unhinted.entry(r.partition).or_default();
+                *next = (*next).max(r.offset + 1);
+            }
+            if self.last_hint.elapsed() >= HINT_INTERVAL {
+                self.commit_hint();
+            }
         }
     }
 
@@ -235,14 +260,13 @@ impl Projector {
 
     /// Tells Kafka how far we got, so a restart resumes reading near there. Postgres holds the
     /// real positions; losing this commit only means re-reading records that are then skipped.
-    fn commit_hint(&self, records: &[Record]) {
-        let mut next: HashMap<i32, i64> = HashMap::new();
-        for r in records {
-            let entry = next.entry(r.partition).or_default();
-            *entry = (*entry).max(r.offset + 1);
+    fn commit_hint(&mut self) {
+        self.last_hint = Instant::now();
+        if self.unhinted.is_empty() {
+            return;
         }
         let mut tpl = TopicPartitionList::new();
-        for (partition, offset) in next {
+        for (partition, offset) in self.unhinted.drain() {
             let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
         }
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
