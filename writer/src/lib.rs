@@ -106,8 +106,10 @@ impl Writer {
             .set("bootstrap.servers", &args.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            // Small batches: a chat message should not wait for company.
+            // Small batches: a chat message should not wait for company (nor for Nagle's
+            // algorithm holding a small request back until the previous one is acknowledged).
             .set("linger.ms", "1")
+            .set("socket.nagle.disable", "true")
             .set(
                 "message.timeout.ms",
                 delivery_timeout.as_millis().to_string(),
