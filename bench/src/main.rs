@@ -391,8 +391,10 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
         let _ = sink.lock().await.close().await;
     }
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    // One deadline for them all: the edge closes each socket after the client's close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for reader in readers {
-        if let Ok(Ok(own)) = tokio::time::timeout(Duration::from_secs(5), reader).await {
+        if let Ok(Ok(own)) = tokio::time::timeout_at(deadline, reader).await {
             for sample in own {
                 latency.record(sample)?;
             }
@@ -508,7 +510,7 @@ mod cpu {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    /// The processes worth naming; `java` is the Kafka broker.
+    /// The processes worth naming (their `comm`, at most 15 bytes); `java` is the Kafka broker.
     const NAMES: [&str; 7] = [
         "socket-edge",
         "java",
@@ -543,10 +545,7 @@ mod cpu {
                 continue;
             };
             let comm = &stat[open + 1..close];
-            let Some(name) = NAMES
-                .iter()
-                .find(|n| comm.starts_with(&n[..n.len().min(15)]))
-            else {
+            let Some(name) = NAMES.iter().find(|&&n| comm == n) else {
                 continue;
             };
             let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
