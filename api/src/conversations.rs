@@ -35,6 +35,7 @@ pub async fn create_conversation(
     Caller(caller): Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ConversationRef>, ApiError> {
+    state.limit_create_conversation(caller.as_str()).await?;
     let body = body.map_err(|e| ApiError::invalid("body", &e.body_text()))?;
     let request = NewConversation::parse(&body, caller.as_str())?;
     let conversation_id = match &request {

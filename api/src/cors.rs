@@ -1,12 +1,45 @@
 //! CORS for the web client, which is served from another origin and sends `Authorization`.
 
-use axum::http::{HeaderName, HeaderValue, Method, request::Parts};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, Method, header, request::Parts};
+use axum::middleware::{self, Next};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// Preflights are answered on every route; a configured origin is echoed back, an origin that
-/// is not configured gets no CORS headers at all.
-pub fn layer(origins: &[String]) -> CorsLayer {
-    let allowed = AllowedOrigins::new(origins);
+/// is not configured gets no CORS headers at all (tower-http's layer would still describe the
+/// allowed methods and headers to it: they are taken off on the way out).
+pub fn apply(router: Router, origins: &[String]) -> Router {
+    let allowed = Arc::new(AllowedOrigins::new(origins));
+    router
+        .layer(layer(allowed.clone()))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let allowed = allowed.clone();
+            async move {
+                let stranger = request
+                    .headers()
+                    .get(header::ORIGIN)
+                    .is_some_and(|o| !o.to_str().is_ok_and(|o| allowed.allows(o)));
+                let mut response = next.run(request).await;
+                if stranger {
+                    let headers = response.headers_mut();
+                    let cors: Vec<HeaderName> = headers
+                        .keys()
+                        .filter(|name| name.as_str().starts_with("access-control-"))
+                        .cloned()
+                        .collect();
+                    for name in cors {
+                        headers.remove(name);
+                    }
+                }
+                response
+            }
+        }))
+}
+
+fn layer(allowed: Arc<AllowedOrigins>) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(
             move |origin: &HeaderValue, _: &Parts| origin.to_str().is_ok_and(|o| allowed.allows(o)),

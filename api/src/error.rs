@@ -1,7 +1,7 @@
 //! The REST API's one error type, turned into a status and a JSON body in one place.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// Everything a request can fail with. Internal faults are logged, never shown to clients.
@@ -28,6 +28,14 @@ pub enum ApiError {
     ProjectionLagging,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The caller's budget for this route is spent: 429 with `Retry-After`.
+    #[error("too many requests; retry in {} s", retry_after_secs(*.retry_after))]
+    RateLimited { retry_after: std::time::Duration },
+}
+
+/// `Retry-After` is in whole seconds: round up, so a client that waits that long fits.
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
 }
 
 impl ApiError {
@@ -62,6 +70,7 @@ impl ApiError {
             Self::LogUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
             Self::ProjectionLagging => (StatusCode::SERVICE_UNAVAILABLE, "projection_lagging"),
             Self::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 }
@@ -84,10 +93,18 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (
-            status,
-            Json(serde_json::json!({ "error": code, "message": message })),
-        )
-            .into_response()
+        let body = Json(serde_json::json!({ "error": code, "message": message }));
+        match self {
+            Self::RateLimited { retry_after } => (
+                status,
+                [(
+                    header::RETRY_AFTER,
+                    retry_after_secs(retry_after).to_string(),
+                )],
+                body,
+            )
+                .into_response(),
+            _ => (status, body).into_response(),
+        }
     }
 }

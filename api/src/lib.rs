@@ -7,6 +7,7 @@ mod conversations;
 mod cors;
 pub mod error;
 mod extract;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,8 +38,62 @@ pub struct HttpArgs {
     )]
     pub cors_origins: Vec<String>,
     /// How long `POST /conversation` waits for the projection to hold a new conversation.
-    #[arg(long, env = "CHAT_PROJECTION_WAIT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "CHAT_PROJECTION_WAIT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub projection_wait_ms: u64,
+}
+
+/// What the REST listener lets a client hold.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ListenArgs {
+    /// Open TCP connections this process serves at once; accepting waits while it is full.
+    #[arg(long, env = "CHAT_HTTP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub http_max_connections: usize,
+    /// How long a new connection, or a keep-alive one after its previous response, has to
+    /// send a complete request head before it is closed.
+    #[arg(long, env = "CHAT_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_secs: u64,
+}
+
+/// Per-user rate limit of `POST /conversation`, shared by every API process through Redis.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RateArgs {
+    /// Redis, where the rate limits are kept.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_default_value = true
+    )]
+    pub redis_url: secrecy::SecretString,
+    /// Prefix of every Redis key this service writes.
+    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat:")]
+    pub redis_prefix: String,
+    /// `POST /conversation` requests per user per minute, across all API processes.
+    #[arg(long, env = "CHAT_RATE_CREATE_CONVERSATION_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub create_conversation_per_minute: u32,
+    /// `POST /conversation` requests a user may make at once.
+    #[arg(long, env = "CHAT_RATE_CREATE_CONVERSATION_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub create_conversation_burst: u32,
+}
+
+impl RateArgs {
+    pub fn rate_limits(&self) -> Result<RateLimits, redis::RedisError> {
+        use secrecy::ExposeSecret;
+        Ok(RateLimits {
+            limiter: rate_limit::Limiter::new(self.redis_url.expose_secret(), &self.redis_prefix)?,
+            create_conversation: rate_limit::Rate {
+                per_minute: self.create_conversation_per_minute,
+                burst: self.create_conversation_burst,
+            },
+        })
+    }
+}
+
+/// The limiter and the budgets of the limited routes.
+#[derive(Clone)]
+pub struct RateLimits {
+    pub limiter: rate_limit::Limiter,
+    pub create_conversation: rate_limit::Rate,
 }
 
 /// What every handler shares.
@@ -49,6 +104,8 @@ pub struct AppState {
     pub verifier: auth::Verifier,
     /// How long a command waits for its event to reach the projection.
     pub projection_wait: Duration,
+    /// Per-user rate limits (none: unlimited, e.g. in-process benchmarks).
+    pub rate_limits: Option<RateLimits>,
 }
 
 impl AppState {
@@ -58,6 +115,24 @@ impl AppState {
             writer,
             verifier,
             projection_wait: Duration::from_millis(http.projection_wait_ms),
+            rate_limits: None,
+        }
+    }
+
+    /// Spends one `POST /conversation` of `user`'s budget, or refuses with 429.
+    pub(crate) async fn limit_create_conversation(&self, user: &str) -> Result<(), ApiError> {
+        let Some(limits) = &self.rate_limits else {
+            return Ok(());
+        };
+        match limits
+            .limiter
+            .check("create-conversation", user, limits.create_conversation)
+            .await
+        {
+            rate_limit::Verdict::Allowed => Ok(()),
+            rate_limit::Verdict::Limited { retry_after } => {
+                Err(ApiError::RateLimited { retry_after })
+            }
         }
     }
 }
@@ -111,18 +186,20 @@ pub fn app(
     let api = api
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state)
-        .layer(middleware::from_fn(record_request));
+        .with_state(state);
     let base = normalise_base_path(&http.base_path);
     let routed = if base.is_empty() {
         api
     } else {
         Router::new().nest(&base, api)
     };
-    routed
+    let routed = routed
         .merge(telemetry::health_routes(metrics, readiness))
-        .layer(cors::layer(&http.cors_origins))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Outside the base path too, an error is JSON.
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(record_request));
+    cors::apply(routed, &http.cors_origins).layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 /// `"/prod/"` → `"/prod"`, `"prod"` → `"/prod"`, `"/"` → `""`.
@@ -142,7 +219,9 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
-/// Counts requests and their latency per route and status.
+/// Counts requests and their latency per route and status. Every label comes from a fixed
+/// set, so no client can make new series: the route is a template of the router (or
+/// `unmatched`), the method one of [`method_label`]'s, the status a number.
 async fn record_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -150,14 +229,30 @@ async fn record_request(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::histogram!("chat_http_request_seconds", "route" => route.clone(), "method" => method.clone())
+    metrics::histogram!("chat_http_request_seconds", "route" => route.clone(), "method" => method)
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("chat_http_requests_total", "route" => route, "method" => method, "status" => status)
         .increment(1);
     response
+}
+
+/// The standard methods by name; any other method (clients may invent them) is `other`.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }
 
 /// Readiness of the REST API: the projection and the log answer.

@@ -1,8 +1,11 @@
 //! The REST API process.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use tokio::sync::Semaphore;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -16,6 +19,10 @@ struct Config {
     #[command(flatten)]
     http: api::HttpArgs,
     #[command(flatten)]
+    listen: api::ListenArgs,
+    #[command(flatten)]
+    rates: api::RateArgs,
+    #[command(flatten)]
     auth: auth::AuthArgs,
     #[command(flatten)]
     kafka: writer::KafkaArgs,
@@ -27,22 +34,38 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config: Config = telemetry::parse_config();
     telemetry::init_logs(&config.log);
     let metrics = telemetry::init_metrics();
     let store = store::Store::new(config.database.pool()?);
     let writer = writer::Writer::new(&config.kafka)?;
     let verifier = auth::Verifier::new(&config.auth)?;
     let readiness = api::readiness(store.clone(), writer.clone());
-    let state = api::AppState::new(store, writer, verifier, &config.http);
+    let mut state = api::AppState::new(store, writer, verifier, &config.http);
+    state.rate_limits = Some(config.rates.rate_limits()?);
     let app = api::app(state, &config.http, metrics, readiness);
 
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_addr))?;
+    let listener = api::server::Listener {
+        listener: tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_addr))?,
+        limit: Arc::new(Semaphore::new(config.listen.http_max_connections)),
+        app,
+        header_timeout: Duration::from_secs(config.listen.http_header_timeout_secs),
+    };
     tracing::info!(addr = %config.http_addr, base_path = %config.http.base_path, "REST API listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(telemetry::shutdown_signal())
-        .await?;
+    // Open requests get as long as POST /conversation may wait for the projection, and a bit.
+    let patience = Duration::from_millis(config.http.projection_wait_ms) + Duration::from_secs(1);
+    listener.run(telemetry::shutdown_signal(), patience).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn configuration_is_consistent() {
+        super::Config::command().debug_assert();
+    }
 }

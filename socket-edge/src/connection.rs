@@ -13,13 +13,14 @@ use axum::response::{IntoResponse, Response};
 use events::{Envelope, Event, MessageSent, MessagesRead, Timestamp};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
+use rate_limit::Verdict;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::delivery::Outbox;
 use crate::frames::{self, Code, Command, Rejection, SendMessage, ServerFrame};
 use crate::recent_sends::Claim;
-use crate::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, Edge};
+use crate::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, Edge};
 
 /// `GET <base>/?Authorization=<jwt>`: 401 without a valid token, 429 over the per-user limit,
 /// otherwise the upgrade.
@@ -42,7 +43,13 @@ pub async fn upgrade(
             "Missing 'Authorization'",
         );
     };
-    let user = match edge.verifier.verify(&token).await {
+    // One deadline for authenticating and registering (CHAT_WS_UPGRADE_TIMEOUT_SECS); the
+    // request head itself is bounded by the listener's header timeout.
+    let deadline = tokio::time::Instant::now() + edge.limits.upgrade_timeout;
+    let Ok(verified) = tokio::time::timeout_at(deadline, edge.verifier.verify(&token)).await else {
+        return upgrade_timed_out();
+    };
+    let user = match verified {
         Ok(user) => user.into_string(),
         Err(e) if e.is_server_fault() => {
             tracing::error!(error = %e, "cannot verify tokens");
@@ -59,7 +66,9 @@ pub async fn upgrade(
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            return refuse(rejection.status(), "bad_upgrade", &rejection.body_text());
+        }
     };
     if *edge.shutdown.borrow() {
         return refuse(
@@ -69,11 +78,21 @@ pub async fn upgrade(
         );
     }
     let connection = Uuid::new_v4();
-    match edge
-        .presence
-        .register(&user, connection, edge.limits.max_connections_per_user)
-        .await
-    {
+    let registered = tokio::time::timeout_at(
+        deadline,
+        edge.presence
+            .register(&user, connection, edge.limits.max_connections_per_user),
+    )
+    .await;
+    let Ok(registered) = registered else {
+        // The registration may have landed: take it back (it would expire within one TTL).
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            let _ = edge.presence.unregister(&user, connection).await;
+        });
+        return upgrade_timed_out();
+    };
+    match registered {
         Ok(true) => {}
         Ok(false) => {
             metrics::counter!("chat_ws_refused_total", "reason" => "too_many_connections")
@@ -123,6 +142,15 @@ fn token_from_query(query: Option<&str>) -> Option<Cow<'_, str>> {
     })
 }
 
+fn upgrade_timed_out() -> Response {
+    metrics::counter!("chat_ws_refused_total", "reason" => "upgrade_timeout").increment(1);
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the connection could not be authenticated and registered in time",
+    )
+}
+
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
@@ -139,6 +167,8 @@ enum Ending {
     GoingAway,
     /// A frame over the size limit: 1009.
     TooBig,
+    /// Too many pings unanswered: 4001.
+    Unresponsive,
 }
 
 /// One connection's reader: frames are handled one after another, so they are appended in the
@@ -180,19 +210,38 @@ impl Handler {
         tracing::debug!(user = %self.user, connection = %self.connection, "connected");
 
         let (close_tx, close_rx) = oneshot::channel();
+        let ping = Arc::new(Notify::new());
         let mut writer = tokio::spawn(write_frames(
             sink,
             queue,
             self.outbox.overflowed.clone(),
+            ping.clone(),
             close_rx,
             self.edge.limits.close_grace,
         ));
         let mut shutdown = self.edge.shutdown.clone();
+        let every = self.edge.limits.ping_interval;
+        let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Pings sent since the client was last heard from (any frame counts as an answer).
+        let mut unanswered = 0u32;
         let ending = loop {
             tokio::select! {
                 _ = crate::stopping(&mut shutdown) => break Some(Ending::GoingAway),
                 _ = &mut writer => break None,
-                frame = stream.next() => match frame {
+                _ = pings.tick() => {
+                    if unanswered >= self.edge.limits.max_missed_pongs {
+                        metrics::counter!("chat_ws_unresponsive_disconnects_total").increment(1);
+                        break Some(Ending::Unresponsive);
+                    }
+                    unanswered += 1;
+                    ping.notify_one();
+                }
+                frame = stream.next() => {
+                    if matches!(frame, Some(Ok(_))) {
+                        unanswered = 0;
+                    }
+                    match frame {
                     Some(Ok(Message::Text(text))) => self.handle(&text).await,
                     Some(Ok(Message::Binary(_))) => self.reject(Rejection::new(
                         Code::InvalidFrame,
@@ -201,7 +250,8 @@ impl Handler {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break Some(Ending::ClientGone),
                     Some(Err(e)) => break Some(if is_too_big(e) { Ending::TooBig } else { Ending::ClientGone }),
-                },
+                    }
+                }
             }
         };
 
@@ -212,6 +262,8 @@ impl Handler {
             let _ = close_tx.send(ending);
             let _ = tokio::time::timeout(self.edge.limits.close_grace * 2, &mut writer).await;
         }
+        // A writer still blocked on a peer that reads nothing must not keep the socket open.
+        writer.abort();
         if let Err(e) = self
             .edge
             .presence
@@ -233,11 +285,19 @@ impl Handler {
         let result = match command {
             Command::Heartbeat => {
                 metrics::counter!("chat_ws_frames_total", "action" => "heartbeat").increment(1);
-                let me = [(self.user.clone(), self.connection)];
-                if let Err(e) = self.edge.presence.refresh(&me).await {
-                    tracing::warn!(error = %e, "cannot refresh a registration");
+                match self
+                    .limit("heartbeat", self.edge.limits.rates.heartbeat)
+                    .await
+                {
+                    Ok(()) => {
+                        let me = [(self.user.clone(), self.connection)];
+                        if let Err(e) = self.edge.presence.refresh(&me).await {
+                            tracing::warn!(error = %e, "cannot refresh a registration");
+                        }
+                        Ok(())
+                    }
+                    Err(rejection) => Err(rejection),
                 }
-                Ok(())
             }
             Command::SendMessage(send) => {
                 metrics::counter!("chat_ws_frames_total", "action" => "send-message").increment(1);
@@ -281,7 +341,17 @@ impl Handler {
         }
     }
 
+    /// Spends one frame of this user's budget for `action`, or refuses with `rate_limited`.
+    async fn limit(&self, action: &'static str, rate: rate_limit::Rate) -> Result<(), Rejection> {
+        match self.edge.limiter.check(action, &self.user, rate).await {
+            Verdict::Allowed => Ok(()),
+            Verdict::Limited { retry_after } => Err(Rejection::rate_limited(retry_after)),
+        }
+    }
+
     async fn send_message(&self, send: &SendMessage) -> Result<(), Rejection> {
+        self.limit("send-message", self.edge.limits.rates.send_message)
+            .await?;
         self.check_participant(send.conversation_id).await?;
         let message_id = Uuid::new_v4();
         let sent = &self.edge.recent_sends;
@@ -347,6 +417,8 @@ impl Handler {
     }
 
     async fn read_messages(&self, conversation: Uuid) -> Result<(), Rejection> {
+        self.limit("read-messages", self.edge.limits.rates.read_messages)
+            .await?;
         self.check_participant(conversation).await?;
         let envelope = Envelope::new(Event::MessagesRead(MessagesRead {
             conversation_id: conversation,
@@ -391,6 +463,7 @@ async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
     mut queue: mpsc::Receiver<Utf8Bytes>,
     overflowed: Arc<Notify>,
+    ping: Arc<Notify>,
     mut close: oneshot::Receiver<Ending>,
     close_grace: std::time::Duration,
 ) {
@@ -401,11 +474,19 @@ async fn write_frames(
             ending = &mut close => match ending {
                 Ok(Ending::GoingAway) => break (CLOSE_GOING_AWAY, "server shutting down"),
                 Ok(Ending::TooBig) => break (CLOSE_TOO_BIG, "frame too large"),
+                Ok(Ending::Unresponsive) => break (CLOSE_UNRESPONSIVE, "pings unanswered"),
                 Ok(Ending::ClientGone) | Err(_) => {
                     let _ = tokio::time::timeout(close_grace, sink.close()).await;
                     return;
                 }
             },
+            _ = ping.notified() => {
+                tokio::select! {
+                    biased;
+                    _ = overflowed.notified() => break slow(),
+                    written = sink.send(Message::Ping(Default::default())) => if written.is_err() { return },
+                }
+            }
             frame = queue.recv() => {
                 let Some(frame) = frame else { return };
                 let write = async {

@@ -33,6 +33,8 @@ pub struct Rejection {
     /// Echoed when the rejected frame had one, so the client can match its optimistic copy.
     pub temp_message_id: Option<String>,
     pub conversation_id: Option<String>,
+    /// With `rate_limited`: how long to wait before the next frame of this kind fits.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// The stable `code` of an `error` frame.
@@ -53,6 +55,8 @@ pub enum Code {
     SendInProgress,
     /// The event log, the projection or Redis did not answer: nothing happened, retry later.
     Unavailable,
+    /// The user's budget for this action is spent (`retryAfterMs` says for how long).
+    RateLimited,
 }
 
 impl Code {
@@ -68,6 +72,7 @@ impl Code {
             Code::NotParticipant => "not_participant",
             Code::SendInProgress => "send_in_progress",
             Code::Unavailable => "unavailable",
+            Code::RateLimited => "rate_limited",
         }
     }
 }
@@ -79,6 +84,21 @@ impl Rejection {
             message: message.into(),
             temp_message_id: None,
             conversation_id: None,
+            retry_after_ms: None,
+        }
+    }
+
+    /// `rate_limited`, saying how long to wait.
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        let retry_after_ms = u64::try_from(retry_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Self {
+            retry_after_ms: Some(retry_after_ms),
+            ..Self::new(
+                Code::RateLimited,
+                format!("too many frames of this kind; retry in {retry_after_ms} ms"),
+            )
         }
     }
 
@@ -102,6 +122,7 @@ impl Rejection {
             message: &self.message,
             temp_message_id: self.temp_message_id.as_deref(),
             conversation_id: self.conversation_id.as_deref(),
+            retry_after_ms: self.retry_after_ms,
         })
     }
 }
@@ -212,6 +233,8 @@ pub enum ServerFrame<'a> {
         temp_message_id: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         conversation_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -304,6 +327,10 @@ mod tests {
             frame,
             r#"{"type":"error","code":"invalid_json","message":"bad"}"#
         );
+        let limited = Rejection::rate_limited(std::time::Duration::from_millis(480)).to_frame();
+        let limited: Value = serde_json::from_str(&limited).unwrap();
+        assert_eq!(limited["code"], "rate_limited");
+        assert_eq!(limited["retryAfterMs"], 480);
     }
 
     #[test]

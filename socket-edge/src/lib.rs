@@ -22,6 +22,7 @@ pub mod server;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rate_limit::{Limiter, Rate};
 use secrecy::SecretString;
 use store::Store;
 use tokio::sync::watch;
@@ -38,6 +39,9 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code sent for a frame larger than `CHAT_WS_MAX_FRAME_BYTES`: 1009, message too big.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code sent to a client that left `CHAT_WS_MAX_MISSED_PONGS` pings in a row unanswered
+/// (it is most likely gone: a sleeping laptop, a dropped NAT mapping).
+pub const CLOSE_UNRESPONSIVE: u16 = 4001;
 
 /// The edge's own settings (the Kafka, database, auth and log ones are shared with the others).
 #[derive(clap::Args, Clone, Debug)]
@@ -60,16 +64,16 @@ pub struct EdgeArgs {
     #[arg(long, env = "CHAT_EDGE_ID")]
     pub edge_id: Option<String>,
     /// Open TCP connections (WebSocket or HTTP) this process accepts at once.
-    #[arg(long, env = "CHAT_WS_MAX_CONNECTIONS", default_value_t = 50_000)]
+    #[arg(long, env = "CHAT_WS_MAX_CONNECTIONS", default_value_t = 50_000, value_parser = at_least(1))]
     pub max_open_connections: usize,
     /// Live connections one user may have across all edges (0: unlimited); more get HTTP 429.
     #[arg(long, env = "CHAT_WS_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
     pub max_connections_per_user: usize,
     /// Largest client frame (message) in bytes; a larger one closes the connection with 1009.
-    #[arg(long, env = "CHAT_WS_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
+    #[arg(long, env = "CHAT_WS_MAX_FRAME_BYTES", default_value_t = 16 * 1024, value_parser = at_least(1024))]
     pub max_frame_bytes: usize,
     /// Frames queued for one connection; a client that lets it fill is closed with 4008.
-    #[arg(long, env = "CHAT_WS_OUTBOUND_QUEUE", default_value_t = 256)]
+    #[arg(long, env = "CHAT_WS_OUTBOUND_QUEUE", default_value_t = 256, value_parser = at_least(1))]
     pub outbound_queue: usize,
     /// Kernel send buffer of each socket (SO_SNDBUF), in bytes; 0 keeps the kernel's
     /// autotuning (up to `net.ipv4.tcp_wmem`'s max, 4 MiB by default, per slow client).
@@ -77,14 +81,86 @@ pub struct EdgeArgs {
     pub send_buffer_bytes: usize,
     /// How long a connection's Redis registration lives without a refresh (the edge refreshes
     /// the connections it holds every third of it; a client heartbeat refreshes its own).
-    #[arg(long, env = "CHAT_WS_PRESENCE_TTL_SECS", default_value_t = 120)]
+    #[arg(long, env = "CHAT_WS_PRESENCE_TTL_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(3..))]
     pub presence_ttl_secs: u64,
     /// How long a `tempMessageId` is remembered to make retried sends idempotent.
-    #[arg(long, env = "CHAT_WS_DEDUPE_WINDOW_SECS", default_value_t = 600)]
+    #[arg(long, env = "CHAT_WS_DEDUPE_WINDOW_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub dedupe_window_secs: u64,
     /// On SIGTERM, how long connections get to close before the process exits anyway.
-    #[arg(long, env = "CHAT_WS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(long, env = "CHAT_WS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub shutdown_timeout_secs: u64,
+    /// How long a new connection (or a keep-alive one after its last response) has to send a
+    /// complete request head before it is closed: the slow-header guard.
+    #[arg(long, env = "CHAT_WS_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+    /// How long authenticating and registering an upgrade may take before a 503.
+    #[arg(long, env = "CHAT_WS_UPGRADE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upgrade_timeout_secs: u64,
+    /// The edge pings every connection this often (browsers answer by themselves).
+    #[arg(long, env = "CHAT_WS_PING_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_interval_secs: u64,
+    /// Pings in a row a connection may leave unanswered; at the next ping time it is closed
+    /// (4001) and unregistered. Any frame from the client counts as an answer.
+    #[arg(long, env = "CHAT_WS_MAX_MISSED_PONGS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_missed_pongs: u32,
+    #[command(flatten)]
+    pub rates: RateArgs,
+}
+
+/// Per-user rate limits of the frames that cost a write (shared by all edges through Redis).
+#[derive(clap::Args, Clone, Debug)]
+pub struct RateArgs {
+    /// `send-message` frames per user per minute, across all connections and edges.
+    #[arg(long, env = "CHAT_RATE_SEND_MESSAGE_PER_MINUTE", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    pub send_message_per_minute: u32,
+    /// `send-message` frames a user may send at once before the per-minute rate applies.
+    #[arg(long, env = "CHAT_RATE_SEND_MESSAGE_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub send_message_burst: u32,
+    /// `read-messages` frames per user per minute.
+    #[arg(long, env = "CHAT_RATE_READ_MESSAGES_PER_MINUTE", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_messages_per_minute: u32,
+    /// `read-messages` frames a user may send at once.
+    #[arg(long, env = "CHAT_RATE_READ_MESSAGES_BURST", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_messages_burst: u32,
+    /// `heartbeat` frames per user per minute (the extension sends one per connection every
+    /// 5 minutes).
+    #[arg(long, env = "CHAT_RATE_HEARTBEAT_PER_MINUTE", default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..))]
+    pub heartbeat_per_minute: u32,
+    /// `heartbeat` frames a user may send at once.
+    #[arg(long, env = "CHAT_RATE_HEARTBEAT_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub heartbeat_burst: u32,
+}
+
+impl RateArgs {
+    pub fn rates(&self) -> Rates {
+        Rates {
+            send_message: Rate {
+                per_minute: self.send_message_per_minute,
+                burst: self.send_message_burst,
+            },
+            read_messages: Rate {
+                per_minute: self.read_messages_per_minute,
+                burst: self.read_messages_burst,
+            },
+            heartbeat: Rate {
+                per_minute: self.heartbeat_per_minute,
+                burst: self.heartbeat_burst,
+            },
+        }
+    }
+}
+
+/// The budget of each limited frame.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    pub send_message: Rate,
+    pub read_messages: Rate,
+    pub heartbeat: Rate,
+}
+
+/// A `usize` setting with a lower bound (0 connections or a 0-frame queue make no sense).
+fn at_least(min: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(min..)
 }
 
 impl EdgeArgs {
@@ -107,6 +183,14 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// How long a closing connection may wait to flush its close frame.
     pub close_grace: Duration,
+    /// Deadline for authenticating and registering an upgrade.
+    pub upgrade_timeout: Duration,
+    /// How often each connection is pinged.
+    pub ping_interval: Duration,
+    /// Unanswered pings in a row before the connection is closed as unresponsive.
+    pub max_missed_pongs: u32,
+    /// Per-user budgets of the limited frames.
+    pub rates: Rates,
 }
 
 /// What every connection of this edge shares.
@@ -121,6 +205,8 @@ pub struct Edge {
     pub presence: Presence,
     /// Remembered `tempMessageId`s.
     pub recent_sends: RecentSends,
+    /// Per-user rate limits, in Redis.
+    pub limiter: Limiter,
     /// Where deliveries from the log are pushed.
     pub held: Arc<HeldConnections>,
     pub limits: Limits,

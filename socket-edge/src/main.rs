@@ -37,7 +37,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config: Config = telemetry::parse_config();
     telemetry::init_logs(&config.log);
     let metrics = telemetry::init_metrics();
     let args = &config.edge;
@@ -50,10 +50,11 @@ async fn main() -> anyhow::Result<()> {
     let writer = writer::Writer::new(&config.kafka)?;
     let verifier = auth::Verifier::new(&config.auth)?;
     let redis = Redis::new(args.redis_url.expose_secret(), &args.redis_prefix)?;
-    let presence_ttl = Duration::from_secs(args.presence_ttl_secs.max(3));
+    let presence_ttl = Duration::from_secs(args.presence_ttl_secs);
     let presence = Presence::new(redis.clone(), edge_id.clone(), presence_ttl);
     let recent_sends =
         RecentSends::new(redis.clone(), Duration::from_secs(args.dedupe_window_secs));
+    let limiter = rate_limit::Limiter::new(args.redis_url.expose_secret(), &args.redis_prefix)?;
     let held = Arc::new(HeldConnections::default());
     let (stop, shutdown) = watch::channel(false);
 
@@ -106,12 +107,17 @@ async fn main() -> anyhow::Result<()> {
         writer,
         presence,
         recent_sends,
+        limiter,
         held,
         limits: Limits {
             max_connections_per_user: args.max_connections_per_user,
             max_frame_bytes: args.max_frame_bytes,
-            outbound_queue: args.outbound_queue.max(1),
+            outbound_queue: args.outbound_queue,
             close_grace: Duration::from_secs(2),
+            upgrade_timeout: Duration::from_secs(args.upgrade_timeout_secs),
+            ping_interval: Duration::from_secs(args.ping_interval_secs),
+            max_missed_pongs: args.max_missed_pongs,
+            rates: args.rates.rates(),
         },
         shutdown: shutdown.clone(),
     });
@@ -126,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         done,
         send_buffer_bytes: args.send_buffer_bytes,
+        header_timeout: Duration::from_secs(args.header_timeout_secs),
     };
     tracing::info!(
         addr = %config.ws_addr, base_path = %base_path, edge_id = %edge_id,
@@ -175,6 +182,25 @@ async fn refresh_registrations(
                 tracing::warn!(error = %e, "cannot refresh registrations");
                 break;
             }
+        }
+        forget_closed_since(&presence, &held, &connections).await;
+    }
+}
+
+/// A connection that closed after the snapshot was taken may have unregistered before the
+/// refresh re-added it: unregister again every one of them that is no longer held. (One that
+/// closes after this check unregisters after the refresh landed, so nothing is revived.)
+async fn forget_closed_since(
+    presence: &Presence,
+    held: &HeldConnections,
+    snapshot: &[(String, uuid::Uuid)],
+) {
+    let still_held: std::collections::HashSet<uuid::Uuid> =
+        held.snapshot().into_iter().map(|(_, c)| c).collect();
+    let closed = snapshot.iter().filter(|(_, c)| !still_held.contains(c));
+    for (user, connection) in closed {
+        if let Err(e) = presence.unregister(user, *connection).await {
+            tracing::warn!(error = %e, %connection, "cannot unregister a closed connection; it will expire");
         }
     }
 }

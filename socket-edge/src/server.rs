@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,6 +38,31 @@ pub fn app(
     };
     ws.with_state(edge)
         .merge(telemetry::health_routes(metrics, readiness))
+        .fallback(|| async { not_found() })
+        .method_not_allowed_fallback(|| async { method_not_allowed() })
+}
+
+/// Errors outside the WebSocket path are JSON like every other error of the service.
+fn not_found() -> axum::response::Response {
+    error(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route",
+    )
+}
+
+fn method_not_allowed() -> axum::response::Response {
+    error(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed",
+    )
+}
+
+fn error(status: axum::http::StatusCode, code: &str, message: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({ "error": code, "message": message });
+    (status, axum::Json(body)).into_response()
 }
 
 /// Accepts TCP connections and serves each on its own task.
@@ -56,6 +81,9 @@ pub struct Listener {
     /// SO_SNDBUF of each socket (0: the kernel's autotuning): bounds the kernel memory a client
     /// that stops reading can pin, and how soon its outbound queue overflows.
     pub send_buffer_bytes: usize,
+    /// A connection that has not sent a complete request head this long after connecting (or
+    /// after its previous response) is closed (`CHAT_WS_HEADER_TIMEOUT_SECS`).
+    pub header_timeout: Duration,
 }
 
 impl Listener {
@@ -84,8 +112,13 @@ impl Listener {
             };
             let service = TowerToHyperService::new(self.app.clone());
             let mut shutdown = self.shutdown.clone();
+            let header_timeout = self.header_timeout;
             tokio::spawn(async move {
+                // hyper starts the header timer when it waits for a request head: on a fresh
+                // connection and on an idle keep-alive one alike.
                 let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
                     .serve_connection(TokioIo::new(socket), service)
                     .with_upgrades();
                 tokio::pin!(connection);

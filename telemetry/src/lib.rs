@@ -23,6 +23,41 @@ pub struct LogArgs {
     pub log_format: String,
 }
 
+/// Reads a service's configuration (flags and environment). A value that makes no sense (0
+/// connections, a 0 s timeout, …) stops the process here, at start-up, with a message naming
+/// the environment variable it came from: clap's own message names only the flag.
+pub fn parse_config<C: clap::Parser>() -> C {
+    use clap::error::{ContextKind, ContextValue};
+    C::try_parse().unwrap_or_else(|error| {
+        let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+            error.exit()
+        };
+        let variable = C::command()
+            .get_arguments()
+            .find(|a| {
+                a.get_long().is_some_and(|long| {
+                    let flag = format!("--{long}");
+                    arg == &flag || arg.starts_with(&format!("{flag} "))
+                })
+            })
+            .and_then(|a| a.get_env())
+            .map(|env| env.to_string_lossy().into_owned());
+        match variable {
+            Some(variable) => {
+                // "invalid value '0' for CHAT_WS_OUTBOUND_QUEUE (--outbound-queue <…>): …"
+                let message = error.to_string();
+                let message =
+                    message
+                        .trim_end()
+                        .replacen(arg.as_str(), &format!("{variable} ({arg})"), 1);
+                eprintln!("{message}");
+                std::process::exit(2);
+            }
+            None => error.exit(),
+        }
+    })
+}
+
 /// Installs the global `tracing` subscriber. The filter comes from `RUST_LOG` (default `info`).
 pub fn init_logs(args: &LogArgs) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

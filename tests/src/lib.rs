@@ -20,6 +20,9 @@ use uuid::Uuid;
 /// The HS256 secret every test service is started with.
 pub const JWT_SECRET: &str = "integration-test-secret";
 
+/// A rate-limit budget no test reaches.
+const UNLIMITED: &str = "1000000";
+
 /// One test's private slice of the stack.
 pub struct TestEnv {
     /// A short unique name, used for the topic, database, consumer groups and Redis prefix.
@@ -120,6 +123,16 @@ impl TestEnv {
             ("CHAT_JWT_SECRET", JWT_SECRET),
             ("PROJECTOR_GROUP", &format!("{}-projector", self.name)),
             ("RUST_LOG", "info"),
+            // Tests of other behaviour send faster than a person; the rate-limit tests set
+            // their own budgets (later entries of `extra` win).
+            ("CHAT_RATE_SEND_MESSAGE_BURST", UNLIMITED),
+            ("CHAT_RATE_SEND_MESSAGE_PER_MINUTE", UNLIMITED),
+            ("CHAT_RATE_READ_MESSAGES_BURST", UNLIMITED),
+            ("CHAT_RATE_READ_MESSAGES_PER_MINUTE", UNLIMITED),
+            ("CHAT_RATE_HEARTBEAT_BURST", UNLIMITED),
+            ("CHAT_RATE_HEARTBEAT_PER_MINUTE", UNLIMITED),
+            ("CHAT_RATE_CREATE_CONVERSATION_BURST", UNLIMITED),
+            ("CHAT_RATE_CREATE_CONVERSATION_PER_MINUTE", UNLIMITED),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
