@@ -36,7 +36,7 @@ pub struct ProjectorArgs {
     #[arg(long, env = "PROJECTOR_GROUP", default_value = "chat-projector")]
     pub group: String,
     /// Most records applied in one transaction.
-    #[arg(long, env = "PROJECTOR_MAX_BATCH", default_value_t = 2000)]
+    #[arg(long, env = "PROJECTOR_MAX_BATCH", default_value_t = 2000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_batch: usize,
     /// Longest a batch gathers records after its first one, in milliseconds. A batch closes
     /// sooner when the log goes quiet (no record for a fetch's wait and a little more), so this

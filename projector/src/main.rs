@@ -28,7 +28,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config: Config = telemetry::parse_config();
     telemetry::init_logs(&config.log);
     let metrics = telemetry::init_metrics();
     let pool = config.database.pool()?;

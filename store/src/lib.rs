@@ -31,7 +31,8 @@ pub struct DatabaseArgs {
     #[arg(
         long = "database-max-connections",
         env = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 16
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_connections: u32,
 }

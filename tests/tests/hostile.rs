@@ -626,4 +626,6 @@ async fn nonsensical_settings_stop_the_service_at_start_up_naming_the_variable()
     ] {
         refuses_to_start(&env, "chat-api", variable, value).await;
     }
+    refuses_to_start(&env, "chat-api", "DATABASE_MAX_CONNECTIONS", "0").await;
+    refuses_to_start(&env, "projector", "PROJECTOR_MAX_BATCH", "0").await;
 }
