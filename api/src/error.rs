@@ -28,6 +28,9 @@ pub enum ApiError {
     ProjectionLagging,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The request (its body, or the work it asked for) took longer than the deadline.
+    #[error("the request took too long")]
+    RequestTimeout,
     /// The caller's budget for this route is spent: 429 with `Retry-After`.
     #[error("too many requests; retry in {} s", retry_after_secs(*.retry_after))]
     RateLimited { retry_after: std::time::Duration },
@@ -71,6 +74,7 @@ impl ApiError {
             Self::ProjectionLagging => (StatusCode::SERVICE_UNAVAILABLE, "projection_lagging"),
             Self::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
         }
     }
 }

@@ -52,6 +52,10 @@ pub struct ListenArgs {
     /// send a complete request head before it is closed.
     #[arg(long, env = "CHAT_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_header_timeout_secs: u64,
+    /// Longest a request may take once its head arrived, body included (a body sent one byte
+    /// at a time is cut off): 408. Keep it above `CHAT_PROJECTION_WAIT_MS`.
+    #[arg(long, env = "CHAT_HTTP_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_request_timeout_secs: u64,
 }
 
 /// Per-user rate limit of `POST /conversation`, shared by every API process through Redis.
@@ -106,6 +110,8 @@ pub struct AppState {
     pub projection_wait: Duration,
     /// Per-user rate limits (none: unlimited, e.g. in-process benchmarks).
     pub rate_limits: Option<RateLimits>,
+    /// Longest a request may take, body included (`CHAT_HTTP_REQUEST_TIMEOUT_SECS`).
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -116,6 +122,7 @@ impl AppState {
             verifier,
             projection_wait: Duration::from_millis(http.projection_wait_ms),
             rate_limits: None,
+            request_timeout: Duration::from_secs(30),
         }
     }
 
@@ -178,6 +185,7 @@ pub fn app(
     metrics: telemetry::PrometheusHandle,
     readiness: telemetry::Readiness,
 ) -> Router {
+    let request_timeout = state.request_timeout;
     let state = Arc::new(state);
     let mut api = Router::new().route("/openapi.json", get(openapi));
     for (_, path, handler) in operations() {
@@ -198,6 +206,13 @@ pub fn app(
         // Outside the base path too, an error is JSON.
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(
+            move |request: Request, next: Next| async move {
+                tokio::time::timeout(request_timeout, next.run(request))
+                    .await
+                    .unwrap_or_else(|_| ApiError::RequestTimeout.into_response())
+            },
+        ))
         .layer(middleware::from_fn(record_request));
     cors::apply(routed, &http.cors_origins).layer(tower_http::trace::TraceLayer::new_for_http())
 }

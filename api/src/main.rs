@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let readiness = api::readiness(store.clone(), writer.clone());
     let mut state = api::AppState::new(store, writer, verifier, &config.http);
     state.rate_limits = Some(config.rates.rate_limits()?);
+    state.request_timeout = Duration::from_secs(config.listen.http_request_timeout_secs);
     let app = api::app(state, &config.http, metrics, readiness);
 
     let listener = api::server::Listener {

@@ -150,6 +150,29 @@ async fn half_a_request_line_is_closed_after_the_header_timeout_on_both_ports() 
 }
 
 #[tokio::test]
+async fn a_rest_body_that_never_ends_is_cut_off_with_a_json_408() {
+    let env = TestEnv::new().await;
+    let api = env
+        .spawn_api_with(&[("CHAT_HTTP_REQUEST_TIMEOUT_SECS", "1")])
+        .await;
+    let mut slow = TcpStream::connect(api.addr).await.unwrap();
+    let head = format!(
+        "POST /conversation HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"isGr",
+        env.token("alice")
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, slow.read_to_end(&mut answer))
+        .await
+        .expect("the connection was held open")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
+}
+
+#[tokio::test]
 async fn rest_connections_are_capped_and_a_freed_slot_serves_again() {
     let env = TestEnv::new().await;
     let api = env
