@@ -177,31 +177,7 @@ async fn refresh_registrations(
             _ = socket_edge::stopping(&mut shutdown) => return,
         }
         let connections = held.snapshot();
-        for chunk in connections.chunks(1000) {
-            if let Err(e) = presence.refresh(chunk).await {
-                tracing::warn!(error = %e, "cannot refresh registrations");
-                break;
-            }
-        }
-        forget_closed_since(&presence, &held, &connections).await;
-    }
-}
-
-/// A connection that closed after the snapshot was taken may have unregistered before the
-/// refresh re-added it: unregister again every one of them that is no longer held. (One that
-/// closes after this check unregisters after the refresh landed, so nothing is revived.)
-async fn forget_closed_since(
-    presence: &Presence,
-    held: &HeldConnections,
-    snapshot: &[(String, uuid::Uuid)],
-) {
-    let still_held: std::collections::HashSet<uuid::Uuid> =
-        held.snapshot().into_iter().map(|(_, c)| c).collect();
-    let closed = snapshot.iter().filter(|(_, c)| !still_held.contains(c));
-    for (user, connection) in closed {
-        if let Err(e) = presence.unregister(user, *connection).await {
-            tracing::warn!(error = %e, %connection, "cannot unregister a closed connection; it will expire");
-        }
+        presence.refresh_held(&held, &connections).await;
     }
 }
 

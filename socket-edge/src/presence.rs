@@ -14,12 +14,15 @@
 //! refreshing, so its entries vanish within one TTL. Unregistering removes exactly one
 //! connection id: closing one connection never unregisters another.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
+
+use crate::delivery::HeldConnections;
 
 /// A Redis connection that is made on first use (and retried on each use until it succeeds),
 /// so a Redis that is down at start-up makes the edge not-ready instead of crashing it.
@@ -172,6 +175,28 @@ impl Presence {
         pipe.query_async::<()>(&mut redis).await
     }
 
+    /// Refreshes the registrations of `snapshot`, the connections held here a moment ago.
+    ///
+    /// A connection that closed after the snapshot was taken may have unregistered before the
+    /// refresh re-added it: every one of them that is no longer held is unregistered again.
+    /// (One that closes after that check unregisters after the refresh landed.) So the refresh
+    /// never revives a closed connection.
+    pub async fn refresh_held(&self, held: &HeldConnections, snapshot: &[(String, Uuid)]) {
+        for chunk in snapshot.chunks(1000) {
+            if let Err(e) = self.refresh(chunk).await {
+                tracing::warn!(error = %e, "cannot refresh registrations");
+                break;
+            }
+        }
+        let still_held: HashSet<Uuid> = held.snapshot().into_iter().map(|(_, c)| c).collect();
+        let closed = snapshot.iter().filter(|(_, c)| !still_held.contains(c));
+        for (user, connection) in closed {
+            if let Err(e) = self.unregister(user, *connection).await {
+                tracing::warn!(error = %e, %connection, "cannot unregister a closed connection; it will expire");
+            }
+        }
+    }
+
     /// Forgets one connection, and only that one.
     pub async fn unregister(&self, user: &str, connection: Uuid) -> RedisResult<()> {
         let mut redis = self.redis.connection().await?;
@@ -190,4 +215,71 @@ pub(crate) fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::{Notify, mpsc};
+
+    use super::*;
+    use crate::delivery::Outbox;
+
+    /// Against the local Redis (`REDIS_URL`), under a prefix of its own.
+    fn presence() -> Presence {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("test:presence:{}:", Uuid::new_v4().simple());
+        Presence::new(
+            Redis::new(&url, &prefix).unwrap(),
+            "edge".into(),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn outbox(connection: Uuid) -> Outbox {
+        Outbox {
+            connection,
+            frames: mpsc::channel(1).0,
+            overflowed: Arc::new(Notify::new()),
+        }
+    }
+
+    async fn registered(presence: &Presence, user: &str) -> Vec<String> {
+        let mut redis = presence.redis.connection().await.unwrap();
+        redis::cmd("ZRANGE")
+            .arg(presence.user_key(user))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut redis)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_refresh_never_revives_a_connection_that_closed_after_its_snapshot() {
+        let presence = presence();
+        let held = HeldConnections::default();
+        let (open, closing) = (Uuid::new_v4(), Uuid::new_v4());
+        for connection in [open, closing] {
+            assert!(presence.register("ann", connection, 0).await.unwrap());
+            held.insert("ann", outbox(connection));
+        }
+        let snapshot = held.snapshot();
+        // The connection closes between the snapshot and the refresh, as a Handler does it.
+        held.remove("ann", closing);
+        presence.unregister("ann", closing).await.unwrap();
+
+        presence.refresh_held(&held, &snapshot).await;
+
+        assert_eq!(registered(&presence, "ann").await, vec![open.to_string()]);
+        let mut redis = presence.redis.connection().await.unwrap();
+        let hash_left: bool = redis::cmd("EXISTS")
+            .arg(presence.connection_key("ann", closing))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(!hash_left);
+        presence.unregister("ann", open).await.unwrap();
+    }
 }
