@@ -96,13 +96,9 @@ pub fn operations() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> 
 }
 
 /// The whole HTTP surface: the contract's routes under `base_path`, the OpenAPI document, and
-/// health and metrics at the root.
-pub fn app(
-    state: AppState,
-    http: &HttpArgs,
-    metrics: telemetry::PrometheusHandle,
-    readiness: telemetry::Readiness,
-) -> Router {
+/// `health` (the operational routes this listener carries, see [`telemetry::serve_health`]) at
+/// the root.
+pub fn app(state: AppState, http: &HttpArgs, health: Router) -> Router {
     let state = Arc::new(state);
     let mut api = Router::new().route("/openapi.json", get(openapi));
     for (_, path, handler) in operations() {
@@ -120,7 +116,7 @@ pub fn app(
         Router::new().nest(&base, api)
     };
     routed
-        .merge(telemetry::health_routes(metrics, readiness))
+        .merge(health)
         .layer(cors::layer(&http.cors_origins))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
