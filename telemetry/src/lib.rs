@@ -69,6 +69,9 @@ type CheckFuture = Pin<Box<dyn Future<Output = Vec<Check>> + Send>>;
 /// How old a readiness answer may be: probes within it share one check of the dependencies.
 pub const READINESS_MAX_AGE: Duration = Duration::from_secs(1);
 
+/// A readiness answer and when it was made.
+type Answer = (Instant, Arc<[Check]>);
+
 /// Asks every dependency of a service whether it answers, at most once per
 /// [`READINESS_MAX_AGE`]: a flood of probes costs one check (one database connection, one
 /// blocking metadata request), never one per probe.
@@ -77,7 +80,7 @@ pub struct Readiness {
     check: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
     /// The last answer and when it was made. Locked for the whole of a check, so concurrent
     /// probes wait for the one check under way and then read its answer.
-    last: Arc<tokio::sync::Mutex<Option<(Instant, Arc<[Check]>)>>>,
+    last: Arc<tokio::sync::Mutex<Option<Answer>>>,
     max_age: Duration,
 }
 
