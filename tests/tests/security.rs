@@ -278,3 +278,43 @@ fn check_log(service: &Service, secrets: &[(&str, String)]) {
         }
     }
 }
+
+#[tokio::test]
+async fn help_never_shows_a_configured_secret() {
+    let env = [
+        (
+            "CHAT_JWT_SECRET",
+            "help-secret-0123456789-0123456789".to_owned(),
+        ),
+        (
+            "DATABASE_URL",
+            "postgres://chat:help-db-password@db/chat".to_owned(),
+        ),
+        (
+            "REDIS_URL",
+            "redis://:help-redis-password@redis:6379".to_owned(),
+        ),
+    ];
+    for binary in ["chat-api", "socket-edge", "projector"] {
+        let mut with_help = env.to_vec();
+        with_help.push(("RUST_LOG", "debug".to_owned()));
+        let output = std::process::Command::new(binary_path(binary))
+            .arg("--help")
+            .env_clear()
+            .envs(with_help.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("run --help");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{binary}: {text}");
+        for secret in [
+            "help-secret-0123456789-0123456789",
+            "help-db-password",
+            "help-redis-password",
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{binary} --help shows {secret}:\n{text}"
+            );
+        }
+    }
+}
