@@ -3,7 +3,9 @@
 # with a different command: `projector`, `chat-api` or `socket-edge`.
 #
 #   docker build -t pagenow-chat .
-#   docker run --rm pagenow-chat chat-api      (configuration from the environment, see README)
+#   docker run --rm pagenow-chat chat-api      (configuration from the environment, see README;
+#                                               listening on 0.0.0.0, chat-api and socket-edge
+#                                               need CHAT_JWKS_URL or a 32+ byte CHAT_JWT_SECRET)
 
 # ---- build ----------------------------------------------------------------------------------
 FROM rust:1-bookworm AS build

@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(projector.run(std::future::pending()));
     let writer = writer::Writer::new(&kafka)?;
     let auth = auth::AuthArgs {
-        jwt_secret: SECRET.to_owned().into(),
+        jwt_secret: Some(SECRET.to_owned().into()),
         jwks_url: None,
         jwt_issuer: None,
         jwt_audience: vec![],
@@ -105,8 +105,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let store = store::Store::new(pool.clone());
     let readiness = api::readiness(store.clone(), writer.clone());
-    let state = api::AppState::new(store, writer.clone(), auth::Verifier::new(&auth)?, &http);
-    let app = api::app(state, &http, telemetry::init_metrics(), readiness);
+    let state = api::AppState::new(
+        store,
+        writer.clone(),
+        auth::Verifier::new(&auth, ([127, 0, 0, 1], 0).into())?,
+        &http,
+    );
+    let health = telemetry::health_routes(telemetry::init_metrics(), readiness);
+    let app = api::app(state, &http, health);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });

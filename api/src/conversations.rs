@@ -239,7 +239,8 @@ pub async fn list_conversations(
     ))
 }
 
-/// Checks that the conversation exists (404) and that the caller takes part in it (403).
+/// Checks that the conversation exists and that the caller takes part in it: both fail with the
+/// same 404, so a stranger cannot tell an existing conversation from a missing one.
 async fn participants_as(
     state: &AppState,
     raw_id: Result<Path<String>, PathRejection>,
@@ -247,15 +248,12 @@ async fn participants_as(
 ) -> Result<(Uuid, Arc<[String]>), ApiError> {
     let Path(raw_id) = raw_id.map_err(|_| ApiError::invalid("conversationId", "must be a UUID"))?;
     let id = conversation_id(&raw_id)?;
-    let participants = state
-        .store
-        .participants(id)
-        .await?
-        .ok_or(ApiError::ConversationNotFound)?;
-    if !participants.iter().any(|p| p == caller.as_str()) {
-        return Err(ApiError::NotParticipant);
+    match state.store.participants(id).await? {
+        Some(participants) if participants.iter().any(|p| p == caller.as_str()) => {
+            Ok((id, participants))
+        }
+        _ => Err(ApiError::ConversationNotFound),
     }
-    Ok((id, participants))
 }
 
 /// `GET /conversations/{conversationId}`.

@@ -12,8 +12,8 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("{0}")]
     Unauthorized(#[from] auth::AuthError),
-    #[error("the caller is not a participant of this conversation")]
-    NotParticipant,
+    /// Also the answer to a caller who is not a participant: direct conversation ids can be
+    /// computed from two user ids, so any other answer would tell who talks to whom.
     #[error("no such conversation")]
     ConversationNotFound,
     #[error("no such route")]
@@ -66,7 +66,6 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, e.code())
             }
             Self::Unauthorized(e) => (StatusCode::UNAUTHORIZED, e.code()),
-            Self::NotParticipant => (StatusCode::FORBIDDEN, "not_participant"),
             Self::ConversationNotFound => (StatusCode::NOT_FOUND, "conversation_not_found"),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

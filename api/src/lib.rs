@@ -178,13 +178,9 @@ pub fn operations() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> 
 }
 
 /// The whole HTTP surface: the contract's routes under `base_path`, the OpenAPI document, and
-/// health and metrics at the root.
-pub fn app(
-    state: AppState,
-    http: &HttpArgs,
-    metrics: telemetry::PrometheusHandle,
-    readiness: telemetry::Readiness,
-) -> Router {
+/// `health` (the operational routes this listener carries, see [`telemetry::serve_health`]) at
+/// the root.
+pub fn app(state: AppState, http: &HttpArgs, health: Router) -> Router {
     let request_timeout = state.request_timeout;
     let state = Arc::new(state);
     let mut api = Router::new().route("/openapi.json", get(openapi));
@@ -202,7 +198,7 @@ pub fn app(
         Router::new().nest(&base, api)
     };
     let routed = routed
-        .merge(telemetry::health_routes(metrics, readiness))
+        .merge(health)
         // Outside the base path too, an error is JSON.
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

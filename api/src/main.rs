@@ -16,6 +16,9 @@ struct Config {
     /// Where the REST API listens.
     #[arg(long, env = "CHAT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
+    /// Where /readyz and /metrics listen instead (unset: on CHAT_HTTP_ADDR).
+    #[arg(long, env = "CHAT_HTTP_OPS_ADDR")]
+    ops_addr: Option<SocketAddr>,
     #[command(flatten)]
     http: api::HttpArgs,
     #[command(flatten)]
@@ -36,15 +39,17 @@ struct Config {
 async fn main() -> anyhow::Result<()> {
     let config: Config = telemetry::parse_config();
     telemetry::init_logs(&config.log);
+    // First: settings that would let anyone mint tokens stop the process before anything runs.
+    let verifier = auth::Verifier::new(&config.auth, config.http_addr)?;
     let metrics = telemetry::init_metrics();
     let store = store::Store::new(config.database.pool()?);
     let writer = writer::Writer::new(&config.kafka)?;
-    let verifier = auth::Verifier::new(&config.auth)?;
     let readiness = api::readiness(store.clone(), writer.clone());
+    let health = telemetry::serve_health(config.ops_addr, metrics, readiness).await?;
     let mut state = api::AppState::new(store, writer, verifier, &config.http);
     state.rate_limits = Some(config.rates.rate_limits()?);
     state.request_timeout = Duration::from_secs(config.listen.http_request_timeout_secs);
-    let app = api::app(state, &config.http, metrics, readiness);
+    let app = api::app(state, &config.http, health);
 
     let listener = api::server::Listener {
         listener: tokio::net::TcpListener::bind(config.http_addr)

@@ -3,8 +3,14 @@
 //! Every REST request and every WebSocket connect carries a JWT; [`Verifier::verify`] checks it
 //! and returns the caller's [`UserId`]. The rules (see the client contract, "Identity"):
 //!
-//! - **HS256** tokens are verified with the shared secret `CHAT_JWT_SECRET` (development and
-//!   tests). This mode is always on.
+//! - **HS256** tokens are verified with the shared secret `CHAT_JWT_SECRET`, only when the
+//!   operator asked for it ([`Verifier::new`] holds the one rule every binary follows):
+//!   - `CHAT_JWT_SECRET` set: HS256 is on with it. Outside loopback it must have at least
+//!     [`MIN_SECRET_BYTES`] bytes and must not be the public [`DEV_SECRET`]; the dev secret is
+//!     refused next to a key set too. A refused setting stops the service at start-up.
+//!   - unset, with a key set (`CHAT_JWKS_URL`): HS256 tokens are refused (`unsupported_algorithm`).
+//!   - unset, no key set, listening on loopback: the development secret (the local stack, tests).
+//!   - unset, no key set, listening anywhere else: the service refuses to start.
 //! - **RS256** tokens are verified against the JSON Web Key Set at `CHAT_JWKS_URL` (production,
 //!   e.g. a Cognito pool's `/.well-known/jwks.json`). Keys are fetched lazily over HTTP(S) and
 //!   cached by `kid`; a token whose `kid` is not cached triggers a refetch, at most one per
@@ -29,6 +35,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -38,8 +45,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// The development secret that `CHAT_JWT_SECRET` defaults to. Never use it in production.
+/// The public development secret: used when `CHAT_JWT_SECRET` is unset, only while the service
+/// listens on loopback and no key set is configured.
 pub const DEV_SECRET: &str = "pagenow-dev-secret";
+
+/// Shortest `CHAT_JWT_SECRET` accepted outside loopback, in bytes (HS256's own key size).
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Longest accepted user id, in Unicode characters.
 pub const MAX_USER_ID_CHARS: usize = 50;
@@ -58,9 +69,10 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// Settings, read from the environment by clap (flatten into each binary's config).
 #[derive(clap::Args, Clone, Debug)]
 pub struct AuthArgs {
-    /// HS256 shared secret (development and tests)
-    #[arg(long, env = "CHAT_JWT_SECRET", default_value = DEV_SECRET)]
-    pub jwt_secret: SecretString,
+    /// HS256 shared secret (at least 32 bytes outside loopback). Unset: HS256 tokens are
+    /// refused, except on a loopback address with no key set (the development secret)
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<SecretString>,
     /// URL of the RS256 JSON Web Key Set; when set, RS256 tokens are verified against it
     #[arg(long, env = "CHAT_JWKS_URL")]
     pub jwks_url: Option<String>,
@@ -152,17 +164,54 @@ pub enum InvalidUserId {
     TooLong,
 }
 
-/// Invalid settings.
+/// Invalid settings: the service refuses to start, and the message says what to set.
 #[derive(thiserror::Error, Debug)]
 pub enum ConfigError {
-    #[error("CHAT_JWT_SECRET must not be empty")]
-    EmptySecret,
+    #[error(
+        "CHAT_JWT_SECRET is the public development secret, which is accepted only on a loopback \
+         address with no key set, and this service {0}: set CHAT_JWT_SECRET to at least \
+         {MIN_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`), or unset it and verify \
+         RS256 tokens with CHAT_JWKS_URL"
+    )]
+    DevSecretRefused(Exposure),
+    #[error(
+        "CHAT_JWT_SECRET has {bytes} bytes, and this service listens on {listen}, not a loopback \
+         address: set CHAT_JWT_SECRET to at least {MIN_SECRET_BYTES} random bytes (e.g. \
+         `openssl rand -base64 48`), or unset it and verify RS256 tokens with CHAT_JWKS_URL"
+    )]
+    ShortSecret { bytes: usize, listen: SocketAddr },
+    #[error(
+        "no way to verify tokens: CHAT_JWT_SECRET and CHAT_JWKS_URL are both unset, and this \
+         service listens on {0}, not a loopback address (the development secret works only \
+         there): set CHAT_JWKS_URL to the RS256 key set (production, e.g. the Cognito pool's \
+         /.well-known/jwks.json), or CHAT_JWT_SECRET to at least {MIN_SECRET_BYTES} random bytes \
+         (e.g. `openssl rand -base64 48`)"
+    )]
+    NoKey(SocketAddr),
     #[error("CHAT_JWKS_URL is not a valid http(s) URL: {0}")]
     InvalidJwksUrl(String),
     #[error("CHAT_JWT_USER_CLAIM must not be empty")]
     EmptyUserClaim,
     #[error("cannot build the HTTP client for the key set: {0}")]
     HttpClient(String),
+}
+
+/// Why the development secret is refused where it was set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// The service listens on an address other than loopback.
+    Listens(SocketAddr),
+    /// A key set is configured: the deployment is a real one.
+    KeySet,
+}
+
+impl fmt::Display for Exposure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exposure::Listens(addr) => write!(f, "listens on {addr}, not a loopback address"),
+            Exposure::KeySet => f.write_str("has a key set (CHAT_JWKS_URL)"),
+        }
+    }
 }
 
 /// Why a token was refused. Messages never contain the token.
@@ -239,7 +288,9 @@ pub struct Verifier {
 }
 
 struct Inner {
-    hmac_key: DecodingKey,
+    /// `None`: HS256 tokens are refused.
+    hmac_key: Option<DecodingKey>,
+    hs256: Hs256,
     jwks: Option<Jwks>,
     issuer: Option<String>,
     audience: Vec<String>,
@@ -254,6 +305,7 @@ impl fmt::Debug for Verifier {
                 "jwks_url",
                 &self.inner.jwks.as_ref().map(|j| j.url.as_str()),
             )
+            .field("hs256", &self.inner.hmac_key.is_some())
             .field("issuer", &self.inner.issuer)
             .field("audience", &self.inner.audience)
             .field("user_claim", &self.inner.user_claim)
@@ -269,16 +321,67 @@ fn non_blank(value: &Option<String>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// What verifies HS256 tokens in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hs256 {
+    /// `CHAT_JWT_SECRET` verifies HS256 tokens.
+    Secret,
+    /// The public development secret verifies HS256 tokens (loopback, no key set).
+    DevSecret,
+    /// HS256 tokens are refused.
+    Refused,
+}
+
+/// The one rule that decides HS256: from the settings and the address the service listens on,
+/// the secret that verifies HS256 tokens (`None`: they are refused), or why the service must not
+/// start.
+fn hs256_secret(
+    args: &AuthArgs,
+    listen: SocketAddr,
+) -> Result<(Hs256, Option<SecretString>), ConfigError> {
+    let loopback = listen.ip().is_loopback();
+    let key_set = non_blank(&args.jwks_url).is_some();
+    let secret = args
+        .jwt_secret
+        .as_ref()
+        .filter(|s| !s.expose_secret().is_empty());
+    match secret {
+        Some(secret) if secret.expose_secret() == DEV_SECRET => {
+            if key_set {
+                Err(ConfigError::DevSecretRefused(Exposure::KeySet))
+            } else if !loopback {
+                Err(ConfigError::DevSecretRefused(Exposure::Listens(listen)))
+            } else {
+                Ok((Hs256::DevSecret, Some(secret.clone())))
+            }
+        }
+        Some(secret) => {
+            let bytes = secret.expose_secret().len();
+            if !loopback && bytes < MIN_SECRET_BYTES {
+                Err(ConfigError::ShortSecret { bytes, listen })
+            } else {
+                Ok((Hs256::Secret, Some(secret.clone())))
+            }
+        }
+        None if key_set => Ok((Hs256::Refused, None)),
+        None if loopback => Ok((Hs256::DevSecret, Some(SecretString::from(DEV_SECRET)))),
+        None => Err(ConfigError::NoKey(listen)),
+    }
+}
+
 impl Verifier {
-    pub fn new(args: &AuthArgs) -> Result<Self, ConfigError> {
-        Self::with_options(args, VerifierOptions::default())
+    /// The verifier of a service that listens on `listen` (its public address: the one tokens
+    /// come to). Refuses settings that would let anyone mint tokens there (see the crate's rules).
+    pub fn new(args: &AuthArgs, listen: SocketAddr) -> Result<Self, ConfigError> {
+        Self::with_options(args, listen, VerifierOptions::default())
     }
 
-    pub fn with_options(args: &AuthArgs, options: VerifierOptions) -> Result<Self, ConfigError> {
-        let secret = args.jwt_secret.expose_secret();
-        if secret.is_empty() {
-            return Err(ConfigError::EmptySecret);
-        }
+    pub fn with_options(
+        args: &AuthArgs,
+        listen: SocketAddr,
+        options: VerifierOptions,
+    ) -> Result<Self, ConfigError> {
+        let (hs256, secret) = hs256_secret(args, listen)?;
         let user_claim = args.jwt_user_claim.trim();
         if user_claim.is_empty() {
             return Err(ConfigError::EmptyUserClaim);
@@ -287,11 +390,18 @@ impl Verifier {
             None => None,
             Some(url) => Some(Jwks::new(&url, &options)?),
         };
-        if jwks.is_some() && secret == DEV_SECRET {
-            tracing::warn!(
-                "CHAT_JWKS_URL is set but CHAT_JWT_SECRET is the public development secret: \
-                 anyone can mint HS256 tokens; set CHAT_JWT_SECRET to a long random value"
-            );
+        match hs256 {
+            Hs256::DevSecret => tracing::warn!(
+                %listen,
+                "HS256 tokens are verified with the public development secret (loopback only); \
+                 set CHAT_JWT_SECRET or CHAT_JWKS_URL for anything but development"
+            ),
+            Hs256::Secret => {
+                tracing::info!(%listen, "HS256 tokens are verified with CHAT_JWT_SECRET")
+            }
+            Hs256::Refused => {
+                tracing::info!(%listen, "HS256 tokens are refused (no CHAT_JWT_SECRET)")
+            }
         }
         let audience: Vec<String> = args
             .jwt_audience
@@ -302,7 +412,8 @@ impl Verifier {
             .collect();
         Ok(Self {
             inner: Arc::new(Inner {
-                hmac_key: DecodingKey::from_secret(secret.as_bytes()),
+                hmac_key: secret.map(|s| DecodingKey::from_secret(s.expose_secret().as_bytes())),
+                hs256,
                 jwks,
                 issuer: non_blank(&args.jwt_issuer),
                 audience,
@@ -310,6 +421,11 @@ impl Verifier {
                 leeway_secs: options.leeway_secs,
             }),
         })
+    }
+
+    /// What verifies HS256 tokens here.
+    pub fn hs256(&self) -> Hs256 {
+        self.inner.hs256
     }
 
     /// Verifies a token and returns the user id. Accepts the raw JWT or "Bearer <jwt>".
@@ -325,7 +441,11 @@ impl Verifier {
         let token = strip_bearer(authorization)?;
         let header = parse_header(token)?;
         let (algorithm, key) = match header.alg.as_str() {
-            "HS256" => (Algorithm::HS256, KeyRef::Hmac(&self.inner.hmac_key)),
+            "HS256" => match &self.inner.hmac_key {
+                Some(key) => (Algorithm::HS256, KeyRef::Hmac(key)),
+                // No secret was configured: HS256 is an algorithm this deployment does not use.
+                None => return Err(AuthError::UnsupportedAlgorithm("HS256".into())),
+            },
             "RS256" => {
                 let jwks = self
                     .inner

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 fn verifier(args: AuthArgs) -> Verifier {
-    Verifier::new(&args).unwrap()
+    Verifier::new(&args, LOOPBACK).unwrap()
 }
 
 async fn check(v: &Verifier, token: &str) -> Result<String, AuthError> {
@@ -391,18 +391,22 @@ fn args_parse_from_the_command_line() {
         "cognito:username",
     ])
     .unwrap();
-    assert_eq!(cli.auth.jwt_secret.expose_secret(), "s3cret-value");
+    assert_eq!(
+        cli.auth.jwt_secret.as_ref().unwrap().expose_secret(),
+        "s3cret-value"
+    );
     assert_eq!(cli.auth.jwt_audience, ["client-one", "client-two"]);
     assert_eq!(cli.auth.jwt_user_claim, "cognito:username");
     // The secret never shows in Debug output.
     let debug = format!("{cli:?}");
     assert!(!debug.contains("s3cret-value"), "{debug}");
-    assert!(Verifier::new(&cli.auth).is_ok());
+    assert!(Verifier::new(&cli.auth, LOOPBACK).is_ok());
 
     // Defaults (only checkable when the environment does not override them).
     let cli = Cli::try_parse_from(["bin"]).unwrap();
     if std::env::var_os("CHAT_JWT_SECRET").is_none() {
-        assert_eq!(cli.auth.jwt_secret.expose_secret(), auth::DEV_SECRET);
+        // Unset stays unset: the verifier decides what that means where it listens.
+        assert!(cli.auth.jwt_secret.is_none());
         assert_eq!(auth::DEV_SECRET, "pagenow-dev-secret");
     }
     if std::env::var_os("CHAT_JWT_USER_CLAIM").is_none() {
@@ -415,13 +419,14 @@ fn args_parse_from_the_command_line() {
 
 #[test]
 fn bad_config_is_refused() {
+    // An empty secret is an unset one: nothing to verify with on a public address.
     let empty_secret = AuthArgs {
-        jwt_secret: SecretString::from(""),
+        jwt_secret: Some(SecretString::from("")),
         ..args()
     };
     assert!(matches!(
-        Verifier::new(&empty_secret),
-        Err(ConfigError::EmptySecret)
+        Verifier::new(&empty_secret, PUBLIC),
+        Err(ConfigError::NoKey(_))
     ));
     for url in [
         "not a url",
@@ -433,7 +438,10 @@ fn bad_config_is_refused() {
             ..args()
         };
         assert!(
-            matches!(Verifier::new(&a), Err(ConfigError::InvalidJwksUrl(_))),
+            matches!(
+                Verifier::new(&a, LOOPBACK),
+                Err(ConfigError::InvalidJwksUrl(_))
+            ),
             "{url}"
         );
     }
@@ -442,7 +450,7 @@ fn bad_config_is_refused() {
         ..args()
     };
     assert!(matches!(
-        Verifier::new(&a),
+        Verifier::new(&a, LOOPBACK),
         Err(ConfigError::EmptyUserClaim)
     ));
     // Blank optional settings mean "unset".
@@ -451,5 +459,5 @@ fn bad_config_is_refused() {
         jwt_issuer: Some("  ".into()),
         ..args()
     };
-    assert!(Verifier::new(&a).is_ok());
+    assert!(Verifier::new(&a, LOOPBACK).is_ok());
 }

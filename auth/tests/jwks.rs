@@ -19,7 +19,7 @@ fn options(min_refetch_interval: Duration) -> VerifierOptions {
 #[tokio::test]
 async fn rs256_happy_path_and_cache() {
     let server = KeyServer::start(jwks(&['a', 'b']), Duration::ZERO).await;
-    let v = Verifier::new(&server.args()).unwrap();
+    let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
     assert_eq!(server.hits(), 0, "keys are fetched lazily");
 
     let t = rs256('a', Some(KID_A), &claims("alice"));
@@ -40,15 +40,20 @@ async fn rs256_happy_path_and_cache() {
         );
     }
     assert_eq!(server.hits(), 1);
-    // HS256 keeps working next to RS256.
-    assert!(v.verify(&hs256(SECRET, &claims("dev"))).await.is_ok());
+    // With a key set and no secret, HS256 is refused, whoever signed it.
+    for secret in [SECRET, auth::DEV_SECRET] {
+        assert_eq!(
+            v.verify(&hs256(secret, &claims("dev"))).await,
+            Err(AuthError::UnsupportedAlgorithm("HS256".into()))
+        );
+    }
 }
 
 #[tokio::test]
 async fn key_rotation_refetches_once_and_drops_removed_keys() {
     let interval = Duration::from_millis(300);
     let server = KeyServer::start(jwks(&['a']), Duration::ZERO).await;
-    let v = Verifier::with_options(&server.args(), options(interval)).unwrap();
+    let v = Verifier::with_options(&server.args(), LOOPBACK, options(interval)).unwrap();
 
     let token_a = rs256('a', Some(KID_A), &claims("alice"));
     let token_b = rs256('b', Some(KID_B), &claims("bob"));
@@ -81,7 +86,7 @@ async fn key_rotation_refetches_once_and_drops_removed_keys() {
 async fn unknown_kid_flood_is_rate_limited() {
     // Default options: at most one fetch per 10 s.
     let server = KeyServer::start(jwks(&['a']), Duration::ZERO).await;
-    let v = Verifier::new(&server.args()).unwrap();
+    let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
     assert!(
         v.verify(&rs256('a', Some(KID_A), &claims("alice")))
             .await
@@ -108,7 +113,7 @@ async fn unknown_kid_flood_is_rate_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_verifications_share_one_fetch() {
     let server = KeyServer::start(jwks(&['a']), Duration::from_millis(300)).await;
-    let v = Verifier::new(&server.args()).unwrap();
+    let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
     let token = rs256('a', Some(KID_A), &claims("alice"));
     let tasks: Vec<_> = (0..16)
         .map(|_| {
@@ -126,7 +131,7 @@ async fn concurrent_verifications_share_one_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_unknown_kids_share_one_fetch() {
     let server = KeyServer::start(jwks(&['a']), Duration::from_millis(200)).await;
-    let v = Verifier::new(&server.args()).unwrap();
+    let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let v = v.clone();
@@ -143,7 +148,7 @@ async fn concurrent_unknown_kids_share_one_fetch() {
 #[tokio::test]
 async fn signature_must_match_the_kid_key() {
     let server = KeyServer::start(jwks(&['a', 'b']), Duration::ZERO).await;
-    let v = Verifier::new(&server.args()).unwrap();
+    let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
     // Signed by B but claims to be A.
     let t = rs256('b', Some(KID_A), &claims("alice"));
     assert_eq!(v.verify(&t).await, Err(AuthError::BadSignature));
@@ -155,7 +160,12 @@ async fn signature_must_match_the_kid_key() {
 #[tokio::test]
 async fn algorithm_confusion_is_refused() {
     let server = KeyServer::start(jwks(&['a']), Duration::ZERO).await;
-    let v = Verifier::new(&server.args()).unwrap();
+    // HS256 on too (the operator set a secret): the HMAC key is that secret, never a public key.
+    let args = AuthArgs {
+        jwt_secret: Some(SECRET.into()),
+        ..server.args()
+    };
+    let v = Verifier::new(&args, LOOPBACK).unwrap();
     // Warm the cache so key A is definitely loaded.
     assert!(
         v.verify(&rs256('a', Some(KID_A), &claims("alice")))
@@ -205,7 +215,7 @@ async fn rs256_claim_checks_cognito_style() {
         jwt_user_claim: "cognito:username".into(),
         ..server.args()
     };
-    let v = Verifier::new(&args).unwrap();
+    let v = Verifier::new(&args, LOOPBACK).unwrap();
     let base = json!({
         "sub": "0b7c6a8e-1111-4222-8333-444455556666",
         "cognito:username": "google_337456865285275482928",
@@ -265,7 +275,7 @@ async fn key_set_unavailable_http_error_then_recovery() {
     let interval = Duration::from_millis(300);
     let server = KeyServer::start(jwks(&['a']), Duration::ZERO).await;
     server.set_status(500);
-    let v = Verifier::with_options(&server.args(), options(interval)).unwrap();
+    let v = Verifier::with_options(&server.args(), LOOPBACK, options(interval)).unwrap();
     let t = rs256('a', Some(KID_A), &claims("alice"));
 
     let err = v.verify(&t).await.unwrap_err();
@@ -298,7 +308,7 @@ async fn key_set_unavailable_bad_bodies() {
         json!("just a string"),
     ] {
         let server = KeyServer::start(body.clone(), Duration::ZERO).await;
-        let v = Verifier::new(&server.args()).unwrap();
+        let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
         let t = rs256('a', Some(KID_A), &claims("alice"));
         assert_eq!(
             v.verify(&t).await,
@@ -313,7 +323,7 @@ async fn key_set_unavailable_bad_bodies() {
         .unwrap()
         .insert(0, json!({"kty": "EC", "kid": "ec-key", "crv": "P-256"}));
     let server = KeyServer::start(mixed, Duration::ZERO).await;
-    let v = Verifier::new(&server.args()).unwrap();
+    let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
     assert!(
         v.verify(&rs256('a', Some(KID_A), &claims("alice")))
             .await
@@ -332,7 +342,7 @@ async fn key_set_unavailable_connection_refused() {
         jwks_url: Some(format!("http://127.0.0.1:{port}/jwks.json")),
         ..args()
     };
-    let v = Verifier::new(&args).unwrap();
+    let v = Verifier::new(&args, LOOPBACK).unwrap();
     let t = rs256('a', Some(KID_A), &claims("alice"));
     assert_eq!(v.verify(&t).await, Err(AuthError::KeySetUnavailable));
     // HS256 does not depend on the key server.

@@ -11,7 +11,7 @@ use common::*;
 use serde_json::json;
 
 fn verifier(args: AuthArgs) -> Verifier {
-    Verifier::new(&args).unwrap()
+    Verifier::new(&args, LOOPBACK).unwrap()
 }
 
 #[test]

@@ -49,8 +49,9 @@ pub enum Code {
     InvalidField,
     /// `content` is blank or longer than [`MAX_CONTENT_CHARS`].
     InvalidContent,
+    /// No such conversation, or the sender is not one of its participants: one answer for both,
+    /// so that a stranger cannot tell who talks to whom.
     UnknownConversation,
-    NotParticipant,
     /// The same `tempMessageId` is being sent right now (on another connection).
     SendInProgress,
     /// The event log, the projection or Redis did not answer: nothing happened, retry later.
@@ -69,7 +70,6 @@ impl Code {
             Code::InvalidField => "invalid_field",
             Code::InvalidContent => "invalid_content",
             Code::UnknownConversation => "unknown_conversation",
-            Code::NotParticipant => "not_participant",
             Code::SendInProgress => "send_in_progress",
             Code::Unavailable => "unavailable",
             Code::RateLimited => "rate_limited",

@@ -20,9 +20,13 @@ use tokio::sync::{Semaphore, mpsc, watch};
     about = "The chat's WebSocket edge (the extension's side of the contract)"
 )]
 struct Config {
-    /// Where the WebSocket edge (and its /healthz, /readyz, /metrics) listens.
+    /// Where the WebSocket edge (and its /healthz, and /readyz, /metrics unless
+    /// CHAT_WS_OPS_ADDR is set) listens.
     #[arg(long, env = "CHAT_WS_ADDR", default_value = "127.0.0.1:8081")]
     ws_addr: SocketAddr,
+    /// Where /readyz and /metrics listen instead (unset: on CHAT_WS_ADDR).
+    #[arg(long, env = "CHAT_WS_OPS_ADDR")]
+    ops_addr: Option<SocketAddr>,
     #[command(flatten)]
     edge: EdgeArgs,
     #[command(flatten)]
@@ -39,6 +43,8 @@ struct Config {
 async fn main() -> anyhow::Result<()> {
     let config: Config = telemetry::parse_config();
     telemetry::init_logs(&config.log);
+    // First: settings that would let anyone mint tokens stop the process before anything runs.
+    let verifier = auth::Verifier::new(&config.auth, config.ws_addr)?;
     let metrics = telemetry::init_metrics();
     let args = &config.edge;
     let edge_id = args
@@ -48,7 +54,6 @@ async fn main() -> anyhow::Result<()> {
 
     let store = store::Store::new(config.database.pool()?);
     let writer = writer::Writer::new(&config.kafka)?;
-    let verifier = auth::Verifier::new(&config.auth)?;
     let redis = Redis::new(args.redis_url.expose_secret(), &args.redis_prefix)?;
     let presence_ttl = Duration::from_secs(args.presence_ttl_secs);
     let presence = Presence::new(redis.clone(), edge_id.clone(), presence_ttl);
@@ -101,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             }
         })
     };
+    let health = telemetry::serve_health(config.ops_addr, metrics, readiness).await?;
     let edge = Arc::new(Edge {
         verifier,
         store,
@@ -128,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.ws_addr))?,
         limit: Arc::new(Semaphore::new(args.max_open_connections)),
-        app: app(edge, &base_path, metrics, readiness),
+        app: app(edge, &base_path, health),
         shutdown: shutdown.clone(),
         done,
         send_buffer_bytes: args.send_buffer_bytes,

@@ -20,13 +20,9 @@ use crate::Edge;
 use crate::connection;
 
 /// The whole HTTP surface: the WebSocket path under the base path (with and without its
-/// trailing slash), health and metrics at the root.
-pub fn app(
-    edge: Arc<Edge>,
-    base_path: &str,
-    metrics: telemetry::PrometheusHandle,
-    readiness: telemetry::Readiness,
-) -> Router {
+/// trailing slash), and `health` (the operational routes this listener carries, see
+/// [`telemetry::serve_health`]) at the root.
+pub fn app(edge: Arc<Edge>, base_path: &str, health: Router) -> Router {
     let ws = Router::new().route(
         if base_path.is_empty() { "/" } else { base_path },
         get(connection::upgrade),
@@ -37,7 +33,7 @@ pub fn app(
         ws.route(&format!("{base_path}/"), get(connection::upgrade))
     };
     ws.with_state(edge)
-        .merge(telemetry::health_routes(metrics, readiness))
+        .merge(health)
         .fallback(|| async { not_found() })
         .method_not_allowed_fallback(|| async { method_not_allowed() })
 }

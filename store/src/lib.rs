@@ -24,7 +24,8 @@ pub struct DatabaseArgs {
         long = "database-url",
         env = "DATABASE_URL",
         default_value = "postgres://chat:chat@127.0.0.1:5432/chat",
-        hide_default_value = true
+        hide_default_value = true,
+        hide_env_values = true
     )]
     pub database_url: SecretString,
     /// Connections in this process's pool.

@@ -1,10 +1,12 @@
 //! Observability shared by every service: `tracing` logs (human-readable, or JSON lines when
 //! `CHAT_LOG_FORMAT=json`), a Prometheus recorder, and the `/healthz`, `/readyz` and `/metrics`
-//! routes.
+//! routes, on the service's own listener or on a separate one ([`serve_health`]).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -91,6 +93,7 @@ pub fn init_metrics() -> PrometheusHandle {
 }
 
 /// One dependency's answer to a readiness check.
+#[derive(Clone, Debug)]
 pub struct Check {
     pub dependency: &'static str,
     pub ok: bool,
@@ -98,9 +101,23 @@ pub struct Check {
 
 type CheckFuture = Pin<Box<dyn Future<Output = Vec<Check>> + Send>>;
 
-/// Asks every dependency of a service whether it answers.
+/// How old a readiness answer may be: probes within it share one check of the dependencies.
+pub const READINESS_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// A readiness answer and when it was made.
+type Answer = (Instant, Arc<[Check]>);
+
+/// Asks every dependency of a service whether it answers, at most once per
+/// [`READINESS_MAX_AGE`]: a flood of probes costs one check (one database connection, one
+/// blocking metadata request), never one per probe.
 #[derive(Clone)]
-pub struct Readiness(Arc<dyn Fn() -> CheckFuture + Send + Sync>);
+pub struct Readiness {
+    check: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
+    /// The last answer and when it was made. Locked for the whole of a check, so concurrent
+    /// probes wait for the one check under way and then read its answer.
+    last: Arc<tokio::sync::Mutex<Option<Answer>>>,
+    max_age: Duration,
+}
 
 impl Readiness {
     pub fn new<F, Fut>(check: F) -> Self
@@ -108,7 +125,24 @@ impl Readiness {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Check>> + Send + 'static,
     {
-        Self(Arc::new(move || Box::pin(check())))
+        Self {
+            check: Arc::new(move || Box::pin(check())),
+            last: Arc::new(tokio::sync::Mutex::new(None)),
+            max_age: READINESS_MAX_AGE,
+        }
+    }
+
+    /// The dependencies' answers, at most [`READINESS_MAX_AGE`] old.
+    pub async fn checks(&self) -> Arc<[Check]> {
+        let mut last = self.last.lock().await;
+        if let Some((at, checks)) = &*last
+            && at.elapsed() < self.max_age
+        {
+            return checks.clone();
+        }
+        let checks: Arc<[Check]> = (self.check)().await.into();
+        *last = Some((Instant::now(), checks.clone()));
+        checks
     }
 }
 
@@ -128,8 +162,36 @@ pub fn health_routes<S>(metrics: PrometheusHandle, readiness: Readiness) -> Rout
         .with_state(HealthState { metrics, readiness })
 }
 
+/// Serves the operational endpoints, and returns the routes the service's main listener carries
+/// at its root. With no `ops_addr`, that is all three ([`health_routes`]); with one, `/readyz`
+/// and `/metrics` are served on a listener bound there (private to the deployment's network),
+/// and the main listener keeps only `/healthz`.
+pub async fn serve_health<S: Clone + Send + Sync + 'static>(
+    ops_addr: Option<SocketAddr>,
+    metrics: PrometheusHandle,
+    readiness: Readiness,
+) -> std::io::Result<Router<S>> {
+    let Some(addr) = ops_addr else {
+        return Ok(health_routes(metrics, readiness));
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} (operational endpoints): {e}"),
+        )
+    })?;
+    tracing::info!(%addr, "/healthz, /readyz and /metrics listening");
+    let routes: Router = health_routes(metrics, readiness);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, routes).await {
+            tracing::error!(error = %e, "the operational endpoints' listener failed");
+        }
+    });
+    Ok(Router::new().route("/healthz", get(|| async { "ok" })))
+}
+
 async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
-    let checks = (state.readiness.0)().await;
+    let checks = state.readiness.checks().await;
     let all_ok = checks.iter().all(|c| c.ok);
     let body: serde_json::Map<String, serde_json::Value> = checks
         .iter()

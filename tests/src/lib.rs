@@ -199,9 +199,16 @@ impl TestEnv {
                 path.display()
             )
         });
+        // With an operational listener (`CHAT_HTTP_OPS_ADDR`, `CHAT_WS_OPS_ADDR`), readiness
+        // is asked there.
+        let ops_addr = extra
+            .iter()
+            .find(|(name, _)| name.ends_with("_OPS_ADDR"))
+            .and_then(|(_, value)| value.parse().ok());
         let mut service = Service {
             name: binary.to_owned(),
             addr,
+            ops_addr,
             child,
             log_path,
         };
@@ -214,6 +221,8 @@ impl TestEnv {
 pub struct Service {
     pub name: String,
     pub addr: SocketAddr,
+    /// Where `/readyz` and `/metrics` listen, when not on `addr`.
+    pub ops_addr: Option<SocketAddr>,
     child: Child,
     pub log_path: PathBuf,
 }
@@ -242,7 +251,10 @@ impl Service {
                 );
             }
             let ready = client
-                .get(self.url("/readyz"))
+                .get(format!(
+                    "http://{}/readyz",
+                    self.ops_addr.unwrap_or(self.addr)
+                ))
                 .timeout(Duration::from_secs(3))
                 .send()
                 .await

@@ -555,14 +555,22 @@ async fn scoped_reads_check_existence_and_participation() {
     let id = rest.direct("pia", "quinn").await;
     let outsider = rest.client("mallory");
     let unknown = Uuid::new_v4();
-    for suffix in ["", "/messages", "/participants"] {
-        let (status, body) = outsider.get(&format!("/conversations/{id}{suffix}")).await;
-        assert_eq!(status, 403, "{suffix}: {body}");
-        assert_eq!(body["error"], "not_participant");
-        let (status, body) = outsider
+    for suffix in [
+        "",
+        "/messages",
+        "/participants",
+        "/messages?limit=5&order=asc",
+    ] {
+        // A stranger gets exactly the answer of a conversation that does not exist: direct ids
+        // can be computed, so any difference would say who talks to whom.
+        let theirs = outsider.get(&format!("/conversations/{id}{suffix}")).await;
+        let missing = outsider
             .get(&format!("/conversations/{unknown}{suffix}"))
             .await;
+        assert_eq!(theirs, missing, "{suffix}");
+        let (status, body) = missing;
         assert_eq!(status, 404, "{suffix}: {body}");
+        assert_eq!(body["error"], "conversation_not_found", "{suffix}");
         let (status, body) = outsider
             .get(&format!("/conversations/not-a-uuid{suffix}"))
             .await;

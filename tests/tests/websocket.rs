@@ -401,14 +401,15 @@ async fn rejected_frames_get_an_error_on_that_connection_only_and_it_stays_usabl
             "unknown_conversation",
             Some("t-g"),
         ),
+        // Not a participant: the very answer of a missing conversation (no oracle).
         (
             send(json!(theirs.to_string()), json!("x"), json!("t-h")),
-            "not_participant",
+            "unknown_conversation",
             Some("t-h"),
         ),
         (
             json!({"action": "read-messages", "conversationId": theirs}).to_string(),
-            "not_participant",
+            "unknown_conversation",
             None,
         ),
         (
@@ -431,6 +432,20 @@ async fn rejected_frames_get_an_error_on_that_connection_only_and_it_stays_usabl
     let not_participant = &cases[12].0;
     alice.send_text(not_participant).await;
     assert_eq!(alice.next().await["conversationId"], theirs.to_string());
+    // The same frame, word for word, but for the id it echoes.
+    for action in ["send-message", "read-messages"] {
+        let mut answers = Vec::new();
+        for conversation in [theirs, unknown] {
+            let frame = json!({"action": action, "conversationId": conversation,
+                               "content": "x", "tempMessageId": "t-same"});
+            alice.send_text(&frame.to_string()).await;
+            let mut error = alice.next().await;
+            assert_eq!(error["conversationId"], conversation.to_string());
+            error.as_object_mut().unwrap().remove("conversationId");
+            answers.push(error);
+        }
+        assert_eq!(answers[0], answers[1], "{action}");
+    }
     alice.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(alice.next().await["code"], "invalid_frame");
 

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: token minting and a real JWKS HTTP server.
 #![allow(dead_code)]
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +17,11 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 pub const SECRET: &str = "unit-test-secret-0123456789";
+
+/// Where a development service listens.
+pub const LOOPBACK: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+/// Where a deployed service listens (every interface).
+pub const PUBLIC: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080));
 
 pub const KID_A: &str = "test-only-key-a";
 pub const KID_B: &str = "test-only-key-b";
@@ -104,7 +110,7 @@ pub fn raw_token(header: &Value, claims: &Value, hmac_secret: Option<&[u8]>) -> 
 
 pub fn args() -> AuthArgs {
     AuthArgs {
-        jwt_secret: SecretString::from(SECRET),
+        jwt_secret: Some(SecretString::from(SECRET)),
         jwks_url: None,
         jwt_issuer: None,
         jwt_audience: Vec::new(),
@@ -152,9 +158,11 @@ impl KeyServer {
         self.status.store(status, Ordering::SeqCst);
     }
 
+    /// A production configuration: this key set and no HS256 secret.
     pub fn args(&self) -> AuthArgs {
         AuthArgs {
             jwks_url: Some(self.url.clone()),
+            jwt_secret: None,
             ..args()
         }
     }
