@@ -164,26 +164,35 @@ impl Projector {
             let healthy = healthy.clone();
             let topic = topic.clone();
             async move {
-                let kafka = tokio::task::spawn_blocking(move || {
-                    consumer
+                let (kafka, dead_letters) = tokio::task::spawn_blocking(move || {
+                    let kafka = consumer
                         .client()
                         .fetch_metadata(Some(&topic), Duration::from_secs(2))
-                        .is_ok()
+                        .is_ok();
+                    (kafka, dead_letters_held(&consumer, &topic))
                 })
                 .await
-                .unwrap_or(false);
+                .unwrap_or((false, None));
                 vec![
                     telemetry::Check {
                         dependency: "kafka",
                         ok: kafka,
+                        detail: None,
                     },
                     telemetry::Check {
                         dependency: "postgres",
                         ok: store::ping(&pool).await,
+                        detail: None,
                     },
                     telemetry::Check {
                         dependency: "projection",
                         ok: healthy.load(Ordering::Relaxed),
+                        detail: None,
+                    },
+                    telemetry::Check {
+                        dependency: "dead_letters",
+                        ok: dead_letters.is_none(),
+                        detail: dead_letters,
                     },
                 ]
             }
@@ -284,9 +293,39 @@ impl Projector {
     }
 }
 
+/// How many records the dead-letter topic of `topic` holds, said for `/readyz`; `None` when it
+/// holds none (or cannot be read: the `kafka` check reports that).
+///
+/// Our writer appends nothing the projector cannot apply, so a dead letter means a record came
+/// from elsewhere or a bug of ours: the projector stays not-ready until an operator has looked
+/// (`chatctl verify` lists them) and emptied the topic (`kafka-delete-records`).
+fn dead_letters_held(consumer: &StreamConsumer<Context>, topic: &str) -> Option<String> {
+    let dlq = dead_letter_topic(topic);
+    let timeout = Duration::from_secs(2);
+    let metadata = consumer.fetch_metadata(Some(&dlq), timeout).ok()?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == dlq)?
+        .partitions()
+        .len();
+    let held: i64 = (0..partitions as i32)
+        .filter_map(|p| consumer.fetch_watermarks(&dlq, p, timeout).ok())
+        .map(|(low, high)| (high - low).max(0))
+        .sum();
+    (held > 0)
+        .then(|| format!("{held} record(s) in the dead-letter topic {dlq}: see chatctl verify"))
+}
+
 fn decode(record: &Record) -> Result<Envelope, String> {
     let payload = record.payload.as_deref().ok_or("the record has no value")?;
     let envelope = Envelope::decode(payload).map_err(|e| e.to_string())?;
+    // Our writer appends nothing the rule refuses: such a record comes from elsewhere, and is
+    // set aside before it reaches the database (where it would fail its whole batch).
+    envelope
+        .event
+        .admit()
+        .map_err(|refusal| format!("the event breaks the log's rule: {refusal}"))?;
     let expected_key = envelope.key();
     if record.key.as_deref() != Some(expected_key.as_bytes()) {
         return Err(format!(
