@@ -443,7 +443,25 @@ async fn the_projector_is_not_ready_while_dead_letters_wait() {
     };
     let detail = body["details"]["dead_letters"].as_str().unwrap();
     assert!(
-        detail.starts_with("1 record(s)") && detail.contains(&format!("{}.dlq", env.topic)),
+        detail.starts_with("1 new record(s)") && detail.contains(&format!("{}.dlq", env.topic)),
+        "{body}"
+    );
+    // A projector started after it (the operator's acknowledgement) is ready, and names it.
+    let restarted = env.spawn_projector().await;
+    let body: Value = http
+        .get(restarted.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["ready"], true, "{body}");
+    assert!(
+        body["details"]["dead_letters"]
+            .as_str()
+            .unwrap()
+            .contains("from before this start"),
         "{body}"
     );
 }
