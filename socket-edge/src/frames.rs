@@ -286,6 +286,11 @@ mod tests {
             r#"{{"action":"send-message","conversationId":"{id}","content":"x","tempMessageId":"t\u0000"}}"#
         );
         assert_eq!(code(&nul_temp), Code::InvalidField);
+        // A lone surrogate is no Unicode scalar: JSON that holds one is refused as JSON.
+        assert_eq!(
+            code(r#"{"action":"send-message","content":"\ud800","tempMessageId":"t"}"#),
+            Code::InvalidJson
+        );
         assert_eq!(code(&send("")), Code::InvalidContent);
         assert_eq!(code(&send(&"é".repeat(1001))), Code::InvalidContent);
         assert!(
