@@ -8,6 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use events::admission::{self, Flaw};
 use events::{ConversationCreated, Envelope, Event, direct_conversation_id};
 use serde::Serialize;
 use serde_json::Value;
@@ -127,12 +128,7 @@ impl NewConversation {
                     "every recipient must be a user id string",
                 ));
             };
-            if !valid_user_id(id) {
-                return Err(ApiError::invalid(
-                    "recipientIdArr",
-                    "a user id has 1 to 50 characters",
-                ));
-            }
+            user_id("recipientIdArr", id)?;
             if id == caller {
                 return Err(ApiError::invalid(
                     "recipientIdArr",
@@ -174,13 +170,13 @@ impl NewConversation {
             Some(Value::String(t)) => t,
             Some(_) => return Err(ApiError::invalid("title", "must be a string")),
         };
-        let chars = title.chars().count();
-        if chars == 0 || chars > events::MAX_TITLE_CHARS || title.trim().is_empty() {
-            return Err(ApiError::invalid(
+        admission::title(title).map_err(|flaw| match flaw {
+            Flaw::Nul => ApiError::invalid("title", &flaw.to_string()),
+            _ => ApiError::invalid(
                 "title",
                 "a group title has 1 to 300 characters, not all whitespace",
-            ));
-        }
+            ),
+        })?;
         Ok(Self::Group {
             title: title.clone(),
             recipients: ids,
@@ -188,9 +184,12 @@ impl NewConversation {
     }
 }
 
-fn valid_user_id(id: &str) -> bool {
-    let chars = id.chars().count();
-    (1..=events::MAX_USER_ID_CHARS).contains(&chars)
+/// A user id in `field` by the log's rule ([`admission::user_id`]): a 400 naming the field.
+fn user_id(field: &str, id: &str) -> Result<(), ApiError> {
+    admission::user_id(id).map_err(|flaw| match flaw {
+        Flaw::Nul => ApiError::invalid(field, &format!("a user id {flaw}")),
+        _ => ApiError::invalid(field, "a user id has 1 to 50 characters"),
+    })
 }
 
 /// `GET /conversation/direct/{userId}`: the caller's direct conversation with a user, or `null`.
@@ -200,12 +199,7 @@ pub async fn direct_conversation(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Option<ConversationRef>>, ApiError> {
     let Path(other) = path.map_err(|_| ApiError::invalid("userId", "must be a user id"))?;
-    if !valid_user_id(&other) {
-        return Err(ApiError::invalid(
-            "userId",
-            "a user id has 1 to 50 characters",
-        ));
-    }
+    user_id("userId", &other)?;
     if other == caller.as_str() {
         return Err(ApiError::invalid(
             "userId",
@@ -376,6 +370,7 @@ mod tests {
         for bad_title in [
             r#""""#,
             r#""   ""#,
+            r#""a\u0000b""#,
             "5",
             &format!("\"{}\"", "é".repeat(301)),
         ] {
@@ -384,6 +379,7 @@ mod tests {
             assert!(parse(&body).unwrap_err().contains("'title'"), "{body}");
         }
         for bad in [
+            r#"["a\u0000","b"]"#,
             r#"["a"]"#,
             r#"["a","a"]"#,
             r#"["me","a"]"#,

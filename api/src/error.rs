@@ -69,6 +69,10 @@ impl ApiError {
             Self::ConversationNotFound => (StatusCode::NOT_FOUND, "conversation_not_found"),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            // Input is checked before an event is built: a refusal by the writer is our bug.
+            Self::LogUnavailable(writer::AppendError::Refused { .. }) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
             Self::LogUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
             Self::ProjectionLagging => (StatusCode::SERVICE_UNAVAILABLE, "projection_lagging"),
             Self::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -84,6 +88,10 @@ impl IntoResponse for ApiError {
         let message = match &self {
             Self::Database(e) => {
                 tracing::error!(error = %e, "request failed on the database");
+                "internal server error".to_owned()
+            }
+            Self::LogUnavailable(e @ writer::AppendError::Refused { .. }) => {
+                tracing::error!(error = %e, "the request built an event the log refuses");
                 "internal server error".to_owned()
             }
             Self::LogUnavailable(e) => {

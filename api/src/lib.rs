@@ -276,10 +276,12 @@ pub fn readiness(store: Store, writer: Writer) -> telemetry::Readiness {
                 telemetry::Check {
                     dependency: "postgres",
                     ok: store::ping(store.pool()).await,
+                    detail: None,
                 },
                 telemetry::Check {
                     dependency: "kafka",
                     ok: writer.ready().await,
+                    detail: None,
                 },
             ]
         }

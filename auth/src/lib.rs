@@ -52,8 +52,8 @@ pub const DEV_SECRET: &str = "pagenow-dev-secret";
 /// Shortest `CHAT_JWT_SECRET` accepted outside loopback, in bytes (HS256's own key size).
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// Longest accepted user id, in Unicode characters.
-pub const MAX_USER_ID_CHARS: usize = 50;
+/// Longest accepted user id, in Unicode characters (the log's rule: [`events::admission`]).
+pub use events::MAX_USER_ID_CHARS;
 
 /// Clock-skew leeway applied to `exp` and `nbf`, in seconds.
 pub const DEFAULT_LEEWAY: u64 = 30;
@@ -118,12 +118,11 @@ impl UserId {
     /// e.g. recipients).
     pub fn new(id: impl Into<String>) -> Result<Self, InvalidUserId> {
         let id = id.into();
-        if id.is_empty() {
-            Err(InvalidUserId::Empty)
-        } else if id.chars().count() > MAX_USER_ID_CHARS {
-            Err(InvalidUserId::TooLong)
-        } else {
-            Ok(Self(id))
+        match events::admission::user_id(&id) {
+            Ok(()) => Ok(Self(id)),
+            Err(events::admission::Flaw::Empty) => Err(InvalidUserId::Empty),
+            Err(events::admission::Flaw::Nul) => Err(InvalidUserId::Nul),
+            Err(_) => Err(InvalidUserId::TooLong),
         }
     }
 
@@ -162,6 +161,9 @@ pub enum InvalidUserId {
     Empty,
     #[error("user id is longer than {MAX_USER_ID_CHARS} characters")]
     TooLong,
+    /// No text of the log may hold U+0000, so no user could ever act.
+    #[error("user id contains U+0000")]
+    Nul,
 }
 
 /// Invalid settings: the service refuses to start, and the message says what to set.
@@ -247,6 +249,8 @@ pub enum AuthError {
     EmptyUserClaim(String),
     #[error("user claim {0:?} is longer than {MAX_USER_ID_CHARS} characters")]
     UserClaimTooLong(String),
+    #[error("user claim {0:?} contains U+0000")]
+    UserClaimNul(String),
     #[error("the key set cannot be fetched")]
     KeySetUnavailable,
 }
@@ -270,6 +274,7 @@ impl AuthError {
             AuthError::InvalidUserClaim(_) => "invalid_user_claim",
             AuthError::EmptyUserClaim(_) => "empty_user_claim",
             AuthError::UserClaimTooLong(_) => "user_claim_too_long",
+            AuthError::UserClaimNul(_) => "invalid_user_claim",
             AuthError::KeySetUnavailable => "key_set_unavailable",
         }
     }
@@ -505,6 +510,7 @@ impl Verifier {
             Some(Value::String(id)) => UserId::new(id.as_str()).map_err(|e| match e {
                 InvalidUserId::Empty => AuthError::EmptyUserClaim(name.clone()),
                 InvalidUserId::TooLong => AuthError::UserClaimTooLong(name.clone()),
+                InvalidUserId::Nul => AuthError::UserClaimNul(name.clone()),
             }),
             Some(_) => Err(AuthError::InvalidUserClaim(name.clone())),
         }
@@ -802,6 +808,9 @@ fn parse_rsa_keys(set: JwkSet) -> HashMap<String, Arc<DecodingKey>> {
 }
 
 #[cfg(test)]
+mod hunt;
+
+#[cfg(test)]
 mod unit {
     use super::*;
 
@@ -853,6 +862,7 @@ mod unit {
         assert_eq!(UserId::new(""), Err(InvalidUserId::Empty));
         assert_eq!(UserId::new("x".repeat(51)), Err(InvalidUserId::TooLong));
         assert!(UserId::new("é".repeat(50)).is_ok());
+        assert_eq!(UserId::new("a\0b"), Err(InvalidUserId::Nul));
         let id = UserId::new("google_337456865285275482928").unwrap();
         assert_eq!(id.to_string(), "google_337456865285275482928");
         assert_eq!(

@@ -5,13 +5,16 @@
 //! are never rewritten. A type's schema evolves by adding fields under a new version; an old
 //! event is upcast when it is read (see [`Envelope::decode`]).
 //!
-//! This crate knows nothing of Kafka, SQL or sockets; it only says what an event is.
+//! This crate knows nothing of Kafka, SQL or sockets; it only says what an event is, and what
+//! may enter the log ([`admission`]: the one rule every appended event follows).
 
+pub mod admission;
 mod envelope;
 pub mod schema;
 mod time;
 pub mod upcast;
 
+pub use admission::{MAX_TEMP_MESSAGE_ID_CHARS, Refusal};
 pub use envelope::{DecodeError, Envelope, Event};
 pub use time::Timestamp;
 

@@ -15,8 +15,8 @@ pub mod fold;
 pub mod folder;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use dead_letter::{DeadLetters, dead_letter_topic};
@@ -158,33 +158,42 @@ impl Projector {
         let pool = self.pool.clone();
         let healthy = self.healthy.clone();
         let topic = self.topic.clone();
+        let dead_letters_at_start = Arc::new(OnceLock::new());
         telemetry::Readiness::new(move || {
             let consumer = consumer.clone();
             let pool = pool.clone();
             let healthy = healthy.clone();
             let topic = topic.clone();
+            let topic_name = topic.clone();
+            let dead_letters_at_start = dead_letters_at_start.clone();
             async move {
-                let kafka = tokio::task::spawn_blocking(move || {
-                    consumer
+                let (kafka, dead_letters) = tokio::task::spawn_blocking(move || {
+                    let kafka = consumer
                         .client()
                         .fetch_metadata(Some(&topic), Duration::from_secs(2))
-                        .is_ok()
+                        .is_ok();
+                    (kafka, dead_letters_held(&consumer, &topic))
                 })
                 .await
-                .unwrap_or(false);
+                .unwrap_or((false, None));
+                // Whatever the topic held when first read is "from before this start".
                 vec![
                     telemetry::Check {
                         dependency: "kafka",
                         ok: kafka,
+                        detail: None,
                     },
                     telemetry::Check {
                         dependency: "postgres",
                         ok: store::ping(&pool).await,
+                        detail: None,
                     },
                     telemetry::Check {
                         dependency: "projection",
                         ok: healthy.load(Ordering::Relaxed),
+                        detail: None,
                     },
+                    dead_letter_check(dead_letters, &dead_letters_at_start, &topic_name),
                 ]
             }
         })
@@ -284,9 +293,68 @@ impl Projector {
     }
 }
 
+/// How many records the dead-letter topic of `topic` holds; `None` when it cannot be read (the
+/// `kafka` check reports that) or does not exist yet.
+fn dead_letters_held(consumer: &StreamConsumer<Context>, topic: &str) -> Option<i64> {
+    let dlq = dead_letter_topic(topic);
+    let timeout = Duration::from_secs(2);
+    let metadata = consumer.fetch_metadata(Some(&dlq), timeout).ok()?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == dlq)?
+        .partitions()
+        .len();
+    Some(
+        (0..partitions as i32)
+            .filter_map(|p| consumer.fetch_watermarks(&dlq, p, timeout).ok())
+            .map(|(low, high)| (high - low).max(0))
+            .sum(),
+    )
+}
+
+/// The `dead_letters` readiness check. Our writer appends nothing the projector cannot apply, so
+/// a dead letter is a record from elsewhere or a bug of ours: the projector is not ready once
+/// the dead-letter topic has gained a record since it started (by any projector of the topic),
+/// until an operator has looked (`chatctl verify` lists them) and restarted it. Records held
+/// from before the start are named but do not hold the projector back, so a restart is the
+/// acknowledgement and a stack with old dead letters still starts.
+fn dead_letter_check(held: Option<i64>, at_start: &OnceLock<i64>, topic: &str) -> telemetry::Check {
+    let dlq = dead_letter_topic(topic);
+    let Some(held) = held else {
+        return telemetry::Check {
+            dependency: "dead_letters",
+            ok: true,
+            detail: None,
+        };
+    };
+    let before = *at_start.get_or_init(|| held);
+    let new = held - before;
+    let detail = match (new, held) {
+        (_, 0) => None,
+        (0, _) => Some(format!(
+            "{held} record(s) in the dead-letter topic {dlq} from before this start: see chatctl verify"
+        )),
+        _ => Some(format!(
+            "{new} new record(s) in the dead-letter topic {dlq} since this start ({held} held): see chatctl verify"
+        )),
+    };
+    telemetry::Check {
+        dependency: "dead_letters",
+        ok: new <= 0,
+        detail,
+    }
+}
+
 fn decode(record: &Record) -> Result<Envelope, String> {
     let payload = record.payload.as_deref().ok_or("the record has no value")?;
     let envelope = Envelope::decode(payload).map_err(|e| e.to_string())?;
+    // Our writer appends nothing the rule refuses: such a record comes from elsewhere, and is
+    // set aside before it reaches the database (where it would fail its whole batch).
+    envelope
+        .event
+        .admit()
+        .map_err(|refusal| format!("the event breaks the log's rule: {refusal}"))?;
     let expected_key = envelope.key();
     if record.key.as_deref() != Some(expected_key.as_bytes()) {
         return Err(format!(

@@ -1,13 +1,14 @@
 //! The frames of the WebSocket contract: what a client may send (parsed and validated here,
 //! with a precise [`Rejection`] for everything else) and what the edge sends back.
 
+use events::admission::{self, Flaw};
 use events::{MAX_CONTENT_CHARS, Timestamp};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 /// Longest accepted `tempMessageId`, in Unicode characters: it is part of a Redis key.
-pub const MAX_TEMP_MESSAGE_ID_CHARS: usize = 200;
+pub use events::MAX_TEMP_MESSAGE_ID_CHARS;
 
 /// A valid client frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +48,8 @@ pub enum Code {
     UnknownAction,
     MissingField,
     InvalidField,
-    /// `content` is blank or longer than [`MAX_CONTENT_CHARS`].
+    /// `content` breaks the log's rule: blank, longer than [`MAX_CONTENT_CHARS`], or holding
+    /// U+0000.
     InvalidContent,
     /// No such conversation, or the sender is not one of its participants: one answer for both,
     /// so that a stranger cannot tell who talks to whom.
@@ -147,26 +149,25 @@ fn parse_object(frame: &Map<String, Value>) -> Result<Command, Rejection> {
         "send-message" => {
             let conversation_id = uuid_field(frame, "conversationId")?;
             let temp_message_id = string_field(frame, "tempMessageId")?;
-            let temp_chars = temp_message_id.chars().count();
-            if temp_chars == 0 || temp_chars > MAX_TEMP_MESSAGE_ID_CHARS {
-                return Err(Rejection::new(
+            admission::temp_message_id(temp_message_id).map_err(|flaw| {
+                let why = match flaw {
+                    Flaw::Nul => flaw.to_string(),
+                    _ => format!("1 to {MAX_TEMP_MESSAGE_ID_CHARS} characters"),
+                };
+                Rejection::new(
                     Code::InvalidField,
-                    format!("Invalid 'tempMessageId': 1 to {MAX_TEMP_MESSAGE_ID_CHARS} characters"),
-                ));
-            }
+                    format!("Invalid 'tempMessageId': {why}"),
+                )
+            })?;
             let content = string_field(frame, "content")?;
-            if content.trim().is_empty() {
-                return Err(Rejection::new(
-                    Code::InvalidContent,
-                    "Invalid 'content': it is empty or blank",
-                ));
-            }
-            if content.chars().count() > MAX_CONTENT_CHARS {
-                return Err(Rejection::new(
-                    Code::InvalidContent,
-                    format!("Invalid 'content': longer than {MAX_CONTENT_CHARS} characters"),
-                ));
-            }
+            admission::content(content).map_err(|flaw| {
+                let why = match flaw {
+                    Flaw::Empty | Flaw::Blank => "it is empty or blank".to_owned(),
+                    Flaw::TooLong { .. } => format!("longer than {MAX_CONTENT_CHARS} characters"),
+                    _ => flaw.to_string(),
+                };
+                Rejection::new(Code::InvalidContent, format!("Invalid 'content': {why}"))
+            })?;
             Ok(Command::SendMessage(SendMessage {
                 conversation_id,
                 content: content.to_owned(),
@@ -303,6 +304,16 @@ mod tests {
             )
         };
         assert_eq!(code(&send(" \n\t ")), Code::InvalidContent);
+        assert_eq!(code(&send("hi\u{0}there")), Code::InvalidContent);
+        let nul_temp = format!(
+            r#"{{"action":"send-message","conversationId":"{id}","content":"x","tempMessageId":"t\u0000"}}"#
+        );
+        assert_eq!(code(&nul_temp), Code::InvalidField);
+        // A lone surrogate is no Unicode scalar: JSON that holds one is refused as JSON.
+        assert_eq!(
+            code(r#"{"action":"send-message","content":"\ud800","tempMessageId":"t"}"#),
+            Code::InvalidJson
+        );
         assert_eq!(code(&send("")), Code::InvalidContent);
         assert_eq!(code(&send(&"é".repeat(1001))), Code::InvalidContent);
         assert!(

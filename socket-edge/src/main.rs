@@ -89,18 +89,22 @@ async fn main() -> anyhow::Result<()> {
                     telemetry::Check {
                         dependency: "postgres",
                         ok: database,
+                        detail: None,
                     },
                     telemetry::Check {
                         dependency: "kafka",
                         ok: kafka,
+                        detail: None,
                     },
                     telemetry::Check {
                         dependency: "redis",
                         ok: redis,
+                        detail: None,
                     },
                     telemetry::Check {
                         dependency: "log_position",
                         ok: positioned.load(Ordering::Acquire),
+                        detail: None,
                     },
                 ]
             }

@@ -97,6 +97,9 @@ pub fn init_metrics() -> PrometheusHandle {
 pub struct Check {
     pub dependency: &'static str,
     pub ok: bool,
+    /// What an operator needs to know about it, shown under `details` (e.g. how many dead
+    /// letters wait, and where).
+    pub detail: Option<String>,
 }
 
 type CheckFuture = Pin<Box<dyn Future<Output = Vec<Check>> + Send>>;
@@ -202,7 +205,14 @@ async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({ "ready": all_ok, "dependencies": body });
+    let details: serde_json::Map<String, serde_json::Value> = checks
+        .iter()
+        .filter_map(|c| Some((c.dependency.to_owned(), c.detail.clone()?.into())))
+        .collect();
+    let mut body = serde_json::json!({ "ready": all_ok, "dependencies": body });
+    if !details.is_empty() {
+        body["details"] = details.into();
+    }
     (status, axum::Json(body))
 }
 

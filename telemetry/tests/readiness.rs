@@ -27,6 +27,7 @@ fn counted(
             vec![Check {
                 dependency: "postgres",
                 ok: ok.load(Ordering::SeqCst),
+                detail: None,
             }]
         }
     });

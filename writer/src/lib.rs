@@ -61,6 +61,13 @@ pub enum AppendError {
         "the event log is unreachable (every Kafka broker is down); {type_name} was not appended"
     )]
     Unreachable { type_name: &'static str },
+    /// The event breaks the log's rule ([`events::admission`]); it was not appended, and a
+    /// retry would be refused again. Callers check their input first, so this is a bug.
+    #[error("{type_name} may not enter the log: {refusal}")]
+    Refused {
+        type_name: &'static str,
+        refusal: events::Refusal,
+    },
 }
 
 /// What the writer knows of its connection to Kafka.
@@ -135,8 +142,14 @@ impl Writer {
     }
 
     /// Appends one event, keyed by its conversation, and waits for Kafka's acknowledgement.
+    /// An event that breaks the log's rule ([`events::Event::admit`]) is refused first.
     pub async fn append(&self, envelope: &Envelope) -> Result<Position, AppendError> {
         let type_name = envelope.event.type_name();
+        if let Err(refusal) = envelope.event.admit() {
+            metrics::counter!("chat_append_refusals_total", "type" => type_name).increment(1);
+            tracing::error!(event = type_name, %refusal, "an event that breaks the log's rule was not appended");
+            return Err(AppendError::Refused { type_name, refusal });
+        }
         let key = envelope.key();
         let value = envelope.encode();
         if self.connectivity.down.load(Ordering::Acquire) && !self.probe().await {
