@@ -121,6 +121,7 @@ async fn conversation(env: &TestEnv, participants: &[&str]) -> Uuid {
                 } else {
                     String::new()
                 },
+                idempotency_key: None,
             },
         )))
         .await
