@@ -63,9 +63,12 @@ pub struct Check {
 
 type CheckFuture = Pin<Box<dyn Future<Output = Vec<Check>> + Send>>;
 
+/// Why a dependency is not ready, in words an operator can act on.
+type Reasons = Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>;
+
 /// Asks every dependency of a service whether it answers.
 #[derive(Clone)]
-pub struct Readiness(Arc<dyn Fn() -> CheckFuture + Send + Sync>);
+pub struct Readiness(Arc<dyn Fn() -> CheckFuture + Send + Sync>, Option<Reasons>);
 
 impl Readiness {
     pub fn new<F, Fut>(check: F) -> Self
@@ -73,7 +76,16 @@ impl Readiness {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Check>> + Send + 'static,
     {
-        Self(Arc::new(move || Box::pin(check())))
+        Self(Arc::new(move || Box::pin(check())), None)
+    }
+
+    /// Adds why checks fail: `/readyz` lists them under `reasons`, by dependency.
+    pub fn with_reasons(
+        mut self,
+        reasons: impl Fn() -> Vec<(&'static str, String)> + Send + Sync + 'static,
+    ) -> Self {
+        self.1 = Some(Arc::new(reasons));
+        self
     }
 }
 
@@ -105,7 +117,15 @@ async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({ "ready": all_ok, "dependencies": body });
+    let mut body = serde_json::json!({ "ready": all_ok, "dependencies": body });
+    let reasons = state.readiness.1.as_ref().map(|r| r()).unwrap_or_default();
+    if !reasons.is_empty() {
+        let mut by_dependency = serde_json::Map::new();
+        for (dependency, reason) in reasons {
+            by_dependency.insert(dependency.to_owned(), reason.into());
+        }
+        body["reasons"] = by_dependency.into();
+    }
     (status, axum::Json(body))
 }
 
