@@ -18,6 +18,7 @@ pub fn layer(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-amz-date"),
             HeaderName::from_static("x-api-key"),
             HeaderName::from_static("x-amz-security-token"),
+            HeaderName::from_static("idempotency-key"),
         ])
         .max_age(std::time::Duration::from_secs(600))
 }

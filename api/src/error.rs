@@ -20,6 +20,11 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The `Idempotency-Key` was used by this caller for a different request.
+    #[error(
+        "this Idempotency-Key was used for a different request (conversation {0}); send a new key"
+    )]
+    IdempotencyKeyReused(uuid::Uuid),
     /// The event log did not acknowledge the command: nothing happened, the client may retry.
     #[error("the event log is unavailable: {0}")]
     LogUnavailable(#[from] writer::AppendError),
@@ -59,6 +64,9 @@ impl ApiError {
             Self::ConversationNotFound => (StatusCode::NOT_FOUND, "conversation_not_found"),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::IdempotencyKeyReused(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
             Self::LogUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
             Self::ProjectionLagging => (StatusCode::SERVICE_UNAVAILABLE, "projection_lagging"),
             Self::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
