@@ -161,14 +161,19 @@ impl FirstDeliveries {
         self.by_id.get(&message).copied()
     }
 
+    /// Every connection that joined up to `joins` has had `message`; `sent_at` is kept from
+    /// its first delivery.
     pub fn remember(&mut self, message: Uuid, joins: u64, sent_at: events::Timestamp) {
-        if self.by_id.insert(message, (joins, sent_at)).is_none() {
-            self.order.push_back(message);
-            if self.order.len() > self.capacity
-                && let Some(oldest) = self.order.pop_front()
-            {
-                self.by_id.remove(&oldest);
-            }
+        if let Some(known) = self.by_id.get_mut(&message) {
+            known.0 = joins;
+            return;
+        }
+        self.by_id.insert(message, (joins, sent_at));
+        self.order.push_back(message);
+        if self.order.len() > self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.by_id.remove(&oldest);
         }
     }
 }
@@ -332,9 +337,9 @@ async fn deliver(
             .into();
             let (delivered, joins) =
                 held.deliver_to_all(participants.iter().map(String::as_str), &frame, since);
-            if seen.is_none() {
-                first.remember(m.message_id, joins, sent_at);
-            } else {
+            // Every connection held now has had the message.
+            first.remember(m.message_id, joins, sent_at);
+            if seen.is_some() {
                 metrics::counter!("chat_ws_repeated_messages_total").increment(1);
             }
             metrics::counter!("chat_ws_deliveries_total", "type" => "new-message")
@@ -393,5 +398,54 @@ async fn participants(
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_deliveries_are_bounded_and_keep_the_first_sent_at() {
+        let mut first = FirstDeliveries::new(2);
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let t1: events::Timestamp = serde_json::from_str("\"2021-09-26T10:33:11.123Z\"").unwrap();
+        let t2: events::Timestamp = serde_json::from_str("\"2021-09-26T10:33:12.123Z\"").unwrap();
+        first.remember(a, 1, t1);
+        first.remember(a, 5, t2);
+        assert_eq!(first.get(a), Some((5, t1)), "joins move on, sentAt stays");
+        first.remember(b, 2, t1);
+        first.remember(c, 3, t1);
+        assert_eq!(first.get(a), None, "the oldest is forgotten");
+        assert!(first.get(b).is_some() && first.get(c).is_some());
+    }
+
+    #[test]
+    fn a_repeat_reaches_only_connections_that_joined_since() {
+        let held = HeldConnections::default();
+        let outbox = || {
+            let (frames, queue) = mpsc::channel(8);
+            let outbox = Outbox {
+                connection: Uuid::new_v4(),
+                frames,
+                overflowed: Arc::new(Notify::new()),
+                lost: Arc::new(Notify::new()),
+            };
+            (outbox, queue)
+        };
+        let (early, mut early_queue) = outbox();
+        held.insert("alice", early);
+        let frame: Utf8Bytes = "{}".into();
+        let (delivered, joins) = held.deliver_to_all(["alice", "bob"], &frame, 0);
+        assert_eq!(delivered, 1);
+        let (late, mut late_queue) = outbox();
+        held.insert("alice", late);
+        assert_eq!(held.deliver_to_all(["alice"], &frame, joins).0, 1);
+        assert!(early_queue.try_recv().is_ok());
+        assert!(
+            early_queue.try_recv().is_err(),
+            "the early connection had it once"
+        );
+        assert!(late_queue.try_recv().is_ok());
     }
 }
