@@ -898,6 +898,20 @@ async fn a_retry_after_an_unknown_outcome_is_still_one_message() {
     // As if the edge died after Kafka's acknowledgement, before Redis heard of it: the record
     // still says "in flight" and no lease is held. The client reconnects and retries.
     let sent_at = original["sentAt"].as_str().unwrap().to_owned();
+    // (The echo can precede the record's confirmation: wait for it, then undo it.)
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(record("u1"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if value.is_some_and(|v| v.starts_with("d:")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never confirmed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _: () = redis::cmd("SET")
         .arg(record("u1"))
         .arg(format!("p:{sent_at}"))
