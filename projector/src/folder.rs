@@ -189,8 +189,15 @@ impl Folder {
             if stopped.contains(&record.partition) {
                 continue; // behind an event this build cannot read
             }
-            let expected = next.get(&record.partition).copied().unwrap_or(at);
-            if self.contiguous && record.offset > expected {
+            // A partition never applied may start wherever the log does.
+            let expected = next
+                .get(&record.partition)
+                .copied()
+                .or((at > 0).then_some(at));
+            if let Some(expected) = expected
+                && self.contiguous
+                && record.offset > expected
+            {
                 return Err(FoldError::Gap {
                     partition: record.partition,
                     stored: expected,
