@@ -7,9 +7,13 @@
 //!
 //! Kafka and Redis are shared by every test of the suite here, so this test does not kill them
 //! (the broker restart has its own serial test in websocket.rs).
+//!
+//! Its size is set by the environment, so that the same test runs as a longer soak
+//! (docs/reliability.md): `CHAOS_PAIRS` pairs of senders, each pair in a conversation of its own
+//! (default 1), and `CHAOS_ROUNDS` rounds of the three faults (default 2).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_tests::fixtures::{append_all, created};
@@ -17,6 +21,7 @@ use chat_tests::{RestClient, TestEnv, binary_path};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
@@ -35,8 +40,9 @@ async fn sender(
     env: Arc<TestEnv>,
     edge: watch::Receiver<String>,
     stop: watch::Receiver<bool>,
-    user: &'static str,
+    user: String,
     conversation: Uuid,
+    acks: Arc<Mutex<Vec<Instant>>>,
 ) -> Sent {
     let mut acknowledged = Vec::new();
     let (mut retries, mut longest) = (0, Duration::ZERO);
@@ -61,7 +67,7 @@ async fn sender(
                     let url = format!(
                         "ws://{}/?Authorization={}",
                         edge.borrow().clone(),
-                        env.token(user)
+                        env.token(&user)
                     );
                     match tokio_tungstenite::connect_async(url).await {
                         Ok((socket, _)) => ws.insert(socket),
@@ -92,6 +98,7 @@ async fn sender(
                     continue;
                 }
                 if value["type"] == "new-message" {
+                    acks.lock().unwrap().push(Instant::now());
                     acknowledged.push((
                         temp.clone(),
                         value["messageId"].as_str().unwrap().to_owned(),
@@ -150,11 +157,26 @@ async fn group_creator(
     created
 }
 
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[tokio::test]
 async fn sigkills_under_load_lose_and_double_nothing() {
+    let pairs = setting("CHAOS_PAIRS", 1);
+    let rounds = setting("CHAOS_ROUNDS", 2);
     let env = Arc::new(TestEnv::new().await);
-    let conversation = Uuid::new_v4();
-    append_all(&env, &[created(conversation, &["alice", "bob"])]).await;
+    let conversations: Vec<(Uuid, String, String)> = (0..pairs)
+        .map(|k| (Uuid::new_v4(), format!("a{k}"), format!("b{k}")))
+        .collect();
+    let creations: Vec<_> = conversations
+        .iter()
+        .map(|(c, a, b)| created(*c, &[a, b]))
+        .collect();
+    append_all(&env, &creations).await;
     let mut projector = env.spawn_projector().await;
     let mut edge = env.spawn_edge().await;
     let mut api = env.spawn_api().await;
@@ -162,28 +184,31 @@ async fn sigkills_under_load_lose_and_double_nothing() {
     let (api_tx, api_rx) = watch::channel(api.addr.to_string());
 
     let (stop_tx, stop) = watch::channel(false);
-    let alice = tokio::spawn(sender(
-        env.clone(),
-        edge_rx.clone(),
-        stop.clone(),
-        "alice",
-        conversation,
-    ));
-    let bob = tokio::spawn(sender(
-        env.clone(),
-        edge_rx,
-        stop.clone(),
-        "bob",
-        conversation,
-    ));
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let mut senders = Vec::new();
+    for (c, a, b) in &conversations {
+        for user in [a, b] {
+            let task = tokio::spawn(sender(
+                env.clone(),
+                edge_rx.clone(),
+                stop.clone(),
+                user.clone(),
+                *c,
+                acks.clone(),
+            ));
+            senders.push((*c, user.clone(), task));
+        }
+    }
     let groups = tokio::spawn(group_creator(env.clone(), api_rx, stop));
 
-    // Each process SIGKILLed twice, in turn, and started again. A restarted projector joins a
-    // group of its own (the killed member would hold its partitions until its session times
-    // out): where it reads is Postgres's business anyway.
-    let mut faults = 0;
-    for round in 0..2 {
+    // Each process SIGKILLed in turn, every round, and started again. A restarted projector
+    // joins a group of its own (the killed member would hold its partitions until its session
+    // times out): where it reads is Postgres's business anyway.
+    let started = Instant::now();
+    let mut faults: Vec<(Instant, &str)> = Vec::new();
+    for round in 0..rounds {
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        faults.push((Instant::now(), "projector"));
         projector.kill().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let group = format!("{}-projector-{round}", env.name);
@@ -194,89 +219,120 @@ async fn sigkills_under_load_lose_and_double_nothing() {
                 &[("PROJECTOR_GROUP", &group)],
             )
             .await;
-        faults += 1;
 
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        faults.push((Instant::now(), "socket-edge"));
         edge.kill().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         edge = env.spawn_edge().await;
         edge_tx.send_replace(edge.addr.to_string());
-        faults += 1;
 
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        faults.push((Instant::now(), "chat-api"));
         api.kill().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         api = env.spawn_api().await;
         api_tx.send_replace(api.addr.to_string());
-        faults += 1;
     }
-    assert_eq!(faults, 6);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop_tx.send_replace(true);
 
-    let (alice, alice_retries, alice_longest) = alice.await.unwrap();
-    let (bob, bob_retries, bob_longest) = bob.await.unwrap();
+    let mut sent: Vec<(Uuid, String, Sent)> = Vec::new();
+    for (c, user, task) in senders {
+        sent.push((c, user, task.await.unwrap()));
+    }
+    let loaded = started.elapsed();
     let groups = groups.await.unwrap();
-    let messages = alice.len() + bob.len();
+    let messages: usize = sent.iter().map(|(_, _, s)| s.0.len()).sum();
+    let retries: usize = sent.iter().map(|(_, _, s)| s.1).sum();
+    let longest = sent.iter().map(|(_, _, s)| s.2).max().unwrap_or_default();
+    // The longest pause in acknowledgements (any sender's) after each kind of fault, until the
+    // next fault.
+    let mut acks = acks.lock().unwrap().clone();
+    acks.sort();
+    let mut pauses: Vec<(&str, Duration)> = Vec::new();
+    for (i, (at, kind)) in faults.iter().enumerate() {
+        let until = faults.get(i + 1).map_or(*at + loaded, |(next, _)| *next);
+        let mut previous = acks.iter().rev().find(|a| *a < at).copied().unwrap_or(*at);
+        let mut pause = Duration::ZERO;
+        for ack in acks.iter().filter(|a| *a >= at && *a < &until) {
+            pause = pause.max(*ack - previous);
+            previous = *ack;
+        }
+        match pauses.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, longest)) => *longest = (*longest).max(pause),
+            None => pauses.push((kind, pause)),
+        }
+    }
     eprintln!(
-        "chaos: {faults} SIGKILLs, {messages} messages acknowledged ({} retried attempts, longest wait for an echo {:?}), {} groups",
-        alice_retries + bob_retries,
-        alice_longest.max(bob_longest),
-        groups.len()
+        "chaos: {} SIGKILLs in {loaded:.1?}, {messages} messages acknowledged by {} senders ({retries} retried attempts, longest wait for one echo {longest:.2?}), {} groups; longest pause in acknowledgements after a kill of: {}",
+        faults.len(),
+        sent.len(),
+        groups.len(),
+        pauses
+            .iter()
+            .map(|(k, p)| format!("{k} {p:.2?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    assert!(
-        alice.len() > 20 && bob.len() > 20,
-        "the load ran throughout"
-    );
+    for (_, user, (acknowledged, _, _)) in &sent {
+        assert!(acknowledged.len() > 20, "{user}'s load ran throughout");
+    }
 
     // History, once projected: every acknowledged message exactly once, under its echoed id
     // and sentAt, each sender's in sending order.
-    let rest = RestClient::new(api.url(""), env.token("bob"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let history: Vec<Value> = loop {
-        let mut all = Vec::new();
-        for offset in (0..).step_by(100) {
-            let (status, page) = rest
-                .get(&format!(
-                    "/conversations/{conversation}/messages?limit=100&offset={offset}&order=asc"
-                ))
-                .await;
-            assert_eq!(status, 200, "{page}");
-            let page = page.as_array().unwrap().clone();
-            let short = page.len() < 100;
-            // Pages are newest first: asc pages come from the newest end.
-            all.splice(0..0, page);
-            if short {
-                break;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (conversation, a, _) in &conversations {
+        let mine: Vec<&(Uuid, String, Sent)> =
+            sent.iter().filter(|(c, _, _)| c == conversation).collect();
+        let expected: usize = mine.iter().map(|(_, _, s)| s.0.len()).sum();
+        let rest = RestClient::new(api.url(""), env.token(a));
+        let history: Vec<Value> = loop {
+            let mut all = Vec::new();
+            for offset in (0..).step_by(100) {
+                let (status, page) = rest
+                    .get(&format!(
+                        "/conversations/{conversation}/messages?limit=100&offset={offset}&order=asc"
+                    ))
+                    .await;
+                assert_eq!(status, 200, "{page}");
+                let page = page.as_array().unwrap().clone();
+                let short = page.len() < 100;
+                // Pages are newest first: asc pages come from the newest end.
+                all.splice(0..0, page);
+                if short {
+                    break;
+                }
             }
+            if all.len() >= expected {
+                break all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {expected} messages in history",
+                all.len(),
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(history.len(), expected, "nothing doubled");
+        let by_id: HashMap<&str, usize> = history
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m["messageId"].as_str().unwrap(), i))
+            .collect();
+        assert_eq!(by_id.len(), history.len());
+        for (_, user, (acknowledged, _, _)) in mine {
+            let mut positions = Vec::new();
+            for (i, (_, id, sent_at)) in acknowledged.iter().enumerate() {
+                let at = *by_id
+                    .get(id.as_str())
+                    .unwrap_or_else(|| panic!("{user}'s message {i} ({id}) is not in history"));
+                assert_eq!(history[at]["sentAt"], sent_at.as_str(), "{user} {i}");
+                assert_eq!(history[at]["content"], format!("{user} {i}"));
+                positions.push(at);
+            }
+            assert!(positions.is_sorted(), "{user}'s messages in sending order");
         }
-        if all.len() >= messages {
-            break all;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {messages} messages in history",
-            all.len(),
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(history.len(), messages, "nothing doubled");
-    let by_id: HashMap<&str, &Value> = history
-        .iter()
-        .map(|m| (m["messageId"].as_str().unwrap(), m))
-        .collect();
-    assert_eq!(by_id.len(), history.len());
-    for (user, sent) in [("alice", &alice), ("bob", &bob)] {
-        let mut positions = Vec::new();
-        for (i, (_, id, sent_at)) in sent.iter().enumerate() {
-            let message = by_id
-                .get(id.as_str())
-                .unwrap_or_else(|| panic!("{user}'s message {i} ({id}) is not in history"));
-            assert_eq!(message["sentAt"], sent_at.as_str(), "{user} {i}");
-            assert_eq!(message["content"], format!("{user} {i}"));
-            positions.push(history.iter().position(|m| m["messageId"] == id.as_str()));
-        }
-        assert!(positions.is_sorted(), "{user}'s messages in sending order");
     }
 
     // Every acknowledged group readable, each key one group.
