@@ -8,8 +8,9 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use events::admission::{self, Flaw};
-use events::{ConversationCreated, Envelope, Event, direct_conversation_id};
+use events::{ConversationCreated, Envelope, Event, direct_conversation_id, keyed_group_id};
 use serde::Serialize;
 use serde_json::Value;
 use store::{ConversationSummary, ConversationView, Message, Order, Page};
@@ -31,27 +32,44 @@ pub struct ConversationRef {
 
 /// `POST /conversation`: answers once the projection holds the conversation, so every
 /// participant's next read sees it.
+///
+/// With an `Idempotency-Key` (the IETF httpapi draft's header), the request is named by
+/// (caller, key) for as long as the log keeps its event: a retry with the same body answers with
+/// the first conversation, one with another body is a 422. A group created under a key has an
+/// id derived from (caller, key), so even a retry after a timed-out append cannot make two.
 pub async fn create_conversation(
     State(state): Shared,
     Caller(caller): Caller,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ConversationRef>, ApiError> {
     state.limit_create_conversation(caller.as_str()).await?;
+    let key = idempotency_key(&headers)?;
     let body = body.map_err(|e| ApiError::invalid("body", &e.body_text()))?;
     let request = NewConversation::parse(&body, caller.as_str())?;
-    let conversation_id = match &request {
-        NewConversation::Direct { recipient } => direct_conversation_id(caller.as_str(), recipient),
-        NewConversation::Group { .. } => Uuid::new_v4(),
+    if let Some(key) = &key
+        && let Some(first) = state.store.keyed_conversation(caller.as_str(), key).await?
+    {
+        return same_request(&state, first, &request, caller.as_str()).await;
+    }
+    let conversation_id = match (&request, &key) {
+        (NewConversation::Direct { recipient }, _) => {
+            direct_conversation_id(caller.as_str(), recipient)
+        }
+        (NewConversation::Group { .. }, Some(key)) => keyed_group_id(caller.as_str(), key),
+        (NewConversation::Group { .. }, None) => Uuid::new_v4(),
     };
-    // A direct conversation that exists already is returned as it is, with no new event.
-    if matches!(request, NewConversation::Direct { .. })
+    // A direct conversation that exists already is returned as it is, with no new event
+    // (unless a key is to be recorded with it).
+    if key.is_none()
+        && matches!(request, NewConversation::Direct { .. })
         && state.store.conversation_exists(conversation_id).await?
     {
         return Ok(Json(ConversationRef { conversation_id }));
     }
-    let (is_group, title, recipients) = match request {
-        NewConversation::Direct { recipient } => (false, String::new(), vec![recipient]),
-        NewConversation::Group { title, recipients } => (true, title, recipients),
+    let (is_group, title, recipients) = match &request {
+        NewConversation::Direct { recipient } => (false, String::new(), vec![recipient.clone()]),
+        NewConversation::Group { title, recipients } => (true, title.clone(), recipients.clone()),
     };
     let mut participants: Vec<String> = recipients;
     participants.push(caller.as_str().to_owned());
@@ -62,22 +80,106 @@ pub async fn create_conversation(
         participants,
         is_group,
         title,
+        idempotency_key: key.clone(),
     });
     state.writer.append(&Envelope::new(event)).await?;
-    wait_for_projection(&state, conversation_id).await?;
-    Ok(Json(ConversationRef { conversation_id }))
+    match &key {
+        None => {
+            wait_for_projection(&state, || async {
+                let exists = state.store.conversation_exists(conversation_id).await?;
+                Ok(exists.then_some(()))
+            })
+            .await?;
+            Ok(Json(ConversationRef { conversation_id }))
+        }
+        Some(key) => {
+            // The first request under the key in the log wins (a concurrent one may have).
+            let first = wait_for_projection(&state, || {
+                state.store.keyed_conversation(caller.as_str(), key)
+            })
+            .await?;
+            same_request(&state, first, &request, caller.as_str()).await
+        }
+    }
 }
 
-/// Polls the projection until it holds the conversation, with a short backoff.
-async fn wait_for_projection(state: &AppState, conversation_id: Uuid) -> Result<(), ApiError> {
+/// The answer to a request under a key already used: the first conversation if `request` is
+/// the request that created it, a 422 otherwise.
+async fn same_request(
+    state: &AppState,
+    first: Uuid,
+    request: &NewConversation,
+    caller: &str,
+) -> Result<Json<ConversationRef>, ApiError> {
+    let view = state.store.conversation(first, caller).await?;
+    let participants = state.store.participants(first).await?;
+    let (Some(view), Some(participants)) = (view, participants) else {
+        return Err(ApiError::ProjectionLagging);
+    };
+    let same = match request {
+        NewConversation::Direct { recipient } => {
+            !view.is_group && first == direct_conversation_id(caller, recipient)
+        }
+        NewConversation::Group { title, recipients } => {
+            let mut asked: Vec<&str> = recipients.iter().map(String::as_str).collect();
+            asked.push(caller);
+            asked.sort_unstable();
+            view.is_group
+                && view.title == *title
+                && asked
+                    .iter()
+                    .copied()
+                    .eq(participants.iter().map(String::as_str))
+        }
+    };
+    if same {
+        Ok(Json(ConversationRef {
+            conversation_id: first,
+        }))
+    } else {
+        Err(ApiError::IdempotencyKeyReused(first))
+    }
+}
+
+/// The `Idempotency-Key` header: 1 to 255 printable ASCII characters, or absent.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid = || ApiError::BadRequest {
+        code: "invalid_header",
+        message: format!(
+            "Invalid header 'Idempotency-Key': 1 to {} printable ASCII characters",
+            events::MAX_IDEMPOTENCY_KEY_CHARS
+        ),
+    };
+    let key = value.to_str().map_err(|_| invalid())?;
+    // The draft's examples quote the key (a structured-field string); the quotes are not part of it.
+    let key = key
+        .strip_prefix('"')
+        .and_then(|k| k.strip_suffix('"'))
+        .unwrap_or(key);
+    let printable = key.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    if key.is_empty() || key.len() > events::MAX_IDEMPOTENCY_KEY_CHARS || !printable {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// Polls the projection until `projected` finds what was appended, with a short backoff.
+async fn wait_for_projection<T, F, Fut>(state: &AppState, projected: F) -> Result<T, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, sqlx::Error>>,
+{
     let deadline = tokio::time::Instant::now() + state.projection_wait;
     let mut pause = Duration::from_millis(1);
     loop {
-        if state.store.conversation_exists(conversation_id).await? {
-            return Ok(());
+        if let Some(found) = projected().await? {
+            return Ok(found);
         }
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(%conversation_id, "projection did not catch up in time");
+            tracing::warn!("projection did not catch up in time");
             return Err(ApiError::ProjectionLagging);
         }
         tokio::time::sleep(pause).await;

@@ -51,6 +51,7 @@ fn layer(allowed: Arc<AllowedOrigins>) -> CorsLayer {
             HeaderName::from_static("x-amz-date"),
             HeaderName::from_static("x-api-key"),
             HeaderName::from_static("x-amz-security-token"),
+            HeaderName::from_static("idempotency-key"),
         ])
         .max_age(std::time::Duration::from_secs(600))
 }

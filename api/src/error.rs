@@ -20,6 +20,11 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The `Idempotency-Key` was used by this caller for a different request.
+    #[error(
+        "this Idempotency-Key was used for a different request (conversation {0}); send a new key"
+    )]
+    IdempotencyKeyReused(uuid::Uuid),
     /// The event log did not acknowledge the command: nothing happened, the client may retry.
     #[error("the event log is unavailable: {0}")]
     LogUnavailable(#[from] writer::AppendError),
@@ -72,6 +77,9 @@ impl ApiError {
             // Input is checked before an event is built: a refusal by the writer is our bug.
             Self::LogUnavailable(writer::AppendError::Refused { .. }) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+            Self::IdempotencyKeyReused(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             Self::LogUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
             Self::ProjectionLagging => (StatusCode::SERVICE_UNAVAILABLE, "projection_lagging"),

@@ -278,6 +278,7 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
                     participants: members,
                     is_group: true,
                     title: format!("load {c}"),
+                    idempotency_key: None,
                 },
             )))
             .await?;

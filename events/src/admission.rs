@@ -29,8 +29,8 @@
 //! whole event, and the writer runs it before every append.
 
 use crate::{
-    ConversationCreated, Event, MAX_CONTENT_CHARS, MAX_TITLE_CHARS, MAX_USER_ID_CHARS, MessageSent,
-    MessagesRead,
+    ConversationCreated, Event, MAX_CONTENT_CHARS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_TITLE_CHARS,
+    MAX_USER_ID_CHARS, MessageSent, MessagesRead,
 };
 
 /// Longest `tempMessageId`, in characters (the socket-edge keeps it in a Redis key).
@@ -109,6 +109,12 @@ pub fn temp_message_id(value: &str) -> Result<(), Flaw> {
     bounded(value, MAX_TEMP_MESSAGE_ID_CHARS)
 }
 
+/// The `Idempotency-Key` a group was created under: 1..=[`MAX_IDEMPOTENCY_KEY_CHARS`]
+/// characters, no U+0000 (the API takes printable ASCII only, a stricter rule of its own).
+pub fn idempotency_key(value: &str) -> Result<(), Flaw> {
+    bounded(value, MAX_IDEMPOTENCY_KEY_CHARS)
+}
+
 fn not_blank(value: &str) -> Result<(), Flaw> {
     if value.trim().is_empty() {
         Err(Flaw::Blank)
@@ -146,6 +152,9 @@ impl Event {
 
 fn admit_created(e: &ConversationCreated) -> Result<(), Refusal> {
     field("createdBy", user_id(&e.created_by))?;
+    if let Some(key) = &e.idempotency_key {
+        field("idempotencyKey", idempotency_key(key))?;
+    }
     for participant in &e.participants {
         field("participants", user_id(participant))?;
     }
@@ -203,6 +212,7 @@ mod tests {
             participants: participants.iter().map(|p| p.to_string()).collect(),
             is_group,
             title: title.into(),
+            idempotency_key: None,
         })
     }
 

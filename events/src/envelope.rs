@@ -83,6 +83,16 @@ pub enum DecodeError {
     UnknownType(String),
     #[error("{type_name} has no schema version {version}")]
     UnknownVersion { type_name: String, version: u32 },
+    /// Written by a newer build: not malformed, only unknown here. A reader must wait for a
+    /// build that knows it rather than set it aside.
+    #[error(
+        "{type_name} v{version} is newer than this build knows (v{known}): run a build that knows it"
+    )]
+    NewerVersion {
+        type_name: String,
+        version: u32,
+        known: u32,
+    },
     #[error("{type_name} v{version} has an invalid body: {source}")]
     Body {
         type_name: String,
@@ -191,6 +201,7 @@ mod tests {
                 participants: vec!["alice".into(), "bob".into()],
                 is_group: false,
                 title: String::new(),
+                idempotency_key: Some("k-1".into()),
             })),
             Envelope::new(Event::MessageSent(MessageSent {
                 conversation_id,
@@ -240,7 +251,16 @@ mod tests {
         let err = Envelope::decode(record("MessagesRead", 9, "{}").as_bytes()).unwrap_err();
         assert!(matches!(
             err,
-            DecodeError::UnknownVersion { version: 9, .. }
+            DecodeError::NewerVersion {
+                version: 9,
+                known: 1,
+                ..
+            }
+        ));
+        let err = Envelope::decode(record("MessagesRead", 0, "{}").as_bytes()).unwrap_err();
+        assert!(matches!(
+            err,
+            DecodeError::UnknownVersion { version: 0, .. }
         ));
         let err = Envelope::decode(record("MessagesRead", 1, "{}").as_bytes()).unwrap_err();
         assert!(matches!(err, DecodeError::Body { .. }));

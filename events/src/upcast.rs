@@ -22,16 +22,27 @@ pub struct History<'a> {
     pub steps: &'a [Step],
 }
 
-/// The history of the chat event log. Every type is still at version 1, so there is no step
-/// yet; `docs/events.md` says how to add one.
+/// The history of the chat event log; `docs/events.md` says how to add a step.
 pub const LOG: History<'static> = History {
     current: &[
-        ("ConversationCreated", 1),
+        ("ConversationCreated", 2),
         ("MessageSent", 1),
         ("MessagesRead", 1),
     ],
-    steps: &[],
+    steps: &[Step {
+        type_name: "ConversationCreated",
+        from: 1,
+        upcast: conversation_created_v1_to_v2,
+    }],
 };
+
+/// Version 2 of `ConversationCreated` added `idempotencyKey`; a version-1 event had none.
+fn conversation_created_v1_to_v2(mut data: Value) -> Value {
+    if let Value::Object(fields) = &mut data {
+        fields.insert("idempotencyKey".to_owned(), Value::Null);
+    }
+    data
+}
 
 impl History<'_> {
     /// The current version of a type, or `None` for a type the log does not know.
@@ -51,7 +62,14 @@ impl History<'_> {
             type_name: type_name.to_owned(),
             version,
         };
-        if version == 0 || version > current {
+        if version > current {
+            return Err(DecodeError::NewerVersion {
+                type_name: type_name.to_owned(),
+                version,
+                known: current,
+            });
+        }
+        if version == 0 {
             return Err(unknown());
         }
         let mut data = data;

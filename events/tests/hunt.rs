@@ -5,8 +5,9 @@ mod hostile;
 
 use events::admission::{self, Flaw};
 use events::{
-    ConversationCreated, Envelope, Event, MAX_CONTENT_CHARS, MAX_TEMP_MESSAGE_ID_CHARS,
-    MAX_TITLE_CHARS, MAX_USER_ID_CHARS, MessageSent, MessagesRead, Timestamp,
+    ConversationCreated, Envelope, Event, MAX_CONTENT_CHARS, MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_TEMP_MESSAGE_ID_CHARS, MAX_TITLE_CHARS, MAX_USER_ID_CHARS, MessageSent, MessagesRead,
+    Timestamp,
 };
 use hostile::{follows_rule, hostile_field, hostile_string};
 use proptest::prelude::*;
@@ -25,9 +26,10 @@ fn hostile_event() -> impl Strategy<Value = Event> {
             prop::collection::vec(hostile_field(MAX_USER_ID_CHARS), 0..4),
             any::<bool>(),
             hostile_field(MAX_TITLE_CHARS),
+            prop::option::of(hostile_field(MAX_IDEMPOTENCY_KEY_CHARS)),
         )
             .prop_map(
-                |(conversation_id, created_by, mut others, is_group, title)| {
+                |(conversation_id, created_by, mut others, is_group, title, idempotency_key)| {
                     others.push(created_by.clone());
                     others.sort();
                     others.dedup();
@@ -37,6 +39,7 @@ fn hostile_event() -> impl Strategy<Value = Event> {
                         participants: others,
                         is_group,
                         title: if is_group { title } else { String::new() },
+                        idempotency_key,
                     })
                 }
             ),
@@ -99,6 +102,7 @@ proptest! {
                 e.participants.iter().all(|p| follows_rule(p, MAX_USER_ID_CHARS, false))
                     && (!e.is_group || follows_rule(&e.title, MAX_TITLE_CHARS, true))
                     && (e.is_group && e.participants.len() >= 2 || !e.is_group && e.participants.len() == 2)
+                    && e.idempotency_key.as_ref().is_none_or(|k| follows_rule(k, MAX_IDEMPOTENCY_KEY_CHARS, false))
             }
             Event::MessageSent(e) => {
                 follows_rule(&e.sender_id, MAX_USER_ID_CHARS, false)

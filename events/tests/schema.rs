@@ -83,7 +83,8 @@ fn incompatible_changes_are_named() {
 fn schema_describes_every_type_strictly() {
     let schema = schema();
     let defs = schema["$defs"].as_object().unwrap();
-    assert_eq!(defs.len(), 3);
+    // Every version of every type: ConversationCreated has two.
+    assert_eq!(defs.len(), 4);
     for (name, def) in defs {
         assert_eq!(def["additionalProperties"], false, "{name}");
         assert_eq!(
@@ -94,4 +95,8 @@ fn schema_describes_every_type_strictly() {
     let sent = &defs["MessageSent.v1"]["properties"]["data"];
     assert_eq!(sent["properties"]["sentAt"]["format"], "date-time");
     assert_eq!(sent["properties"]["messageId"]["format"], "uuid");
+    let created = &defs["ConversationCreated.v2"]["properties"]["data"]["properties"];
+    assert!(created["idempotencyKey"].is_object());
+    let created_v1 = &defs["ConversationCreated.v1"]["properties"]["data"]["properties"];
+    assert!(created_v1.get("idempotencyKey").is_none());
 }

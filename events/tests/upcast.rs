@@ -99,7 +99,11 @@ fn version_1_records_read_after_a_version_2_change() {
     // A version from the future, or one without a step to today, is named, not guessed.
     assert!(matches!(
         AFTER_V2.upcast("MessagesRead", 3, json!({})),
-        Err(DecodeError::UnknownVersion { version: 3, .. })
+        Err(DecodeError::NewerVersion {
+            version: 3,
+            known: 2,
+            ..
+        })
     ));
     let gap = History {
         current: &[("MessagesRead", 3)],
@@ -108,6 +112,53 @@ fn version_1_records_read_after_a_version_2_change() {
     assert!(matches!(
         gap.upcast("MessagesRead", 1, json!({})),
         Err(DecodeError::UnknownVersion { version: 1, .. })
+    ));
+}
+
+/// `ConversationCreated` is at version 2 (it gained `idempotencyKey`): its version-1 records go
+/// through the upcast step in `Envelope::decode`, and are written back as version 2.
+#[test]
+fn conversation_created_v1_is_upcast_to_v2() {
+    assert_eq!(LOG.current("ConversationCreated"), Some(2));
+    let line = golden()
+        .find(|l| l.contains("\"ConversationCreated\""))
+        .unwrap();
+    let envelope = Envelope::decode(line.as_bytes()).unwrap();
+    let Event::ConversationCreated(created) = &envelope.event else {
+        panic!("not a ConversationCreated: {envelope:?}");
+    };
+    assert_eq!(created.idempotency_key, None);
+    assert_eq!(created.created_by, "alice");
+    let written: Value = serde_json::from_slice(&envelope.encode()).unwrap();
+    assert_eq!(written["version"], 2);
+    assert_eq!(written["data"]["idempotencyKey"], Value::Null);
+    let v1: Value = serde_json::from_str(line).unwrap();
+    for field in [
+        "conversationId",
+        "createdBy",
+        "participants",
+        "isGroup",
+        "title",
+    ] {
+        assert_eq!(written["data"][field], v1["data"][field], "{field}");
+    }
+    // Version 2 itself, with a key, round-trips; a version from the future is named as such.
+    let mut v2 = written.clone();
+    v2["data"]["idempotencyKey"] = "key-1".into();
+    let back = Envelope::decode(v2.to_string().as_bytes()).unwrap();
+    let Event::ConversationCreated(created) = &back.event else {
+        panic!("not a ConversationCreated");
+    };
+    assert_eq!(created.idempotency_key.as_deref(), Some("key-1"));
+    let mut v3 = written;
+    v3["version"] = 3.into();
+    assert!(matches!(
+        Envelope::decode(v3.to_string().as_bytes()),
+        Err(DecodeError::NewerVersion {
+            version: 3,
+            known: 2,
+            ..
+        })
     ));
 }
 

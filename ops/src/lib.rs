@@ -2,6 +2,7 @@
 //! verify it against the log, export the log for analytics. `chatctl` is the command line over
 //! these modules; tests call them in-process too.
 
+pub mod audit;
 pub mod export;
 pub mod log;
 pub mod rebuild;

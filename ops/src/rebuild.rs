@@ -27,12 +27,13 @@ pub const SCHEMA: &str = "rebuild";
 /// Where the replaced projection is kept after a switch, until the next one.
 pub const PREVIOUS: &str = "rebuild_previous";
 /// The projection's tables, in the order the switch locks them (the projector's order).
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 6] = [
     "projector_positions",
     "conversations",
     "participants",
     "messages",
     "read_markers",
+    "idempotency_keys",
 ];
 /// Advisory lock held by the one rebuild that may run at a time.
 const LOCK_KEY: i64 = 0x6368_6174_5245_4255;

@@ -164,6 +164,14 @@ async fn replay_lane(
             .apply_decoded(pool, &records)
             .await
             .context("apply a batch of the log")?;
+        if let Some(stop) = outcome.stopped.first() {
+            anyhow::bail!(
+                "partition {} offset {}: {} (this chatctl is older than the log; use the build that wrote it)",
+                stop.partition,
+                stop.offset,
+                stop.reason
+            );
+        }
         replayed.records += records.len() as u64;
         replayed.fresh += outcome.fresh as u64;
         replayed.poison.extend(outcome.poison);

@@ -24,6 +24,8 @@ pub struct Positioned {
 pub struct Batch {
     conversations: ConversationColumns,
     participants: (Vec<Uuid>, Vec<String>),
+    /// (creator, Idempotency-Key, conversation) of conversations created under a key.
+    keys: (Vec<String>, Vec<String>, Vec<Uuid>),
     messages: MessageColumns,
     message_ids: HashSet<Uuid>,
     /// Index in `messages` of each conversation's last message of the batch (log order).
@@ -72,6 +74,11 @@ impl Batch {
                     for user in &e.participants {
                         batch.participants.0.push(e.conversation_id);
                         batch.participants.1.push(user.clone());
+                    }
+                    if let Some(key) = &e.idempotency_key {
+                        batch.keys.0.push(e.created_by.clone());
+                        batch.keys.1.push(key.clone());
+                        batch.keys.2.push(e.conversation_id);
                     }
                 }
                 Event::MessageSent(e) => {
@@ -137,6 +144,23 @@ impl Batch {
             )
             .bind(&self.participants.0)
             .bind(&self.participants.1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !self.keys.0.is_empty() {
+            // The first creation under a key wins (a batch may hold the same key twice: the
+            // first in log order is kept).
+            sqlx::query(
+                "INSERT INTO idempotency_keys (created_by, idempotency_key, conversation_id)
+                 SELECT DISTINCT ON (created_by, idempotency_key) created_by, idempotency_key, conversation_id
+                   FROM UNNEST($1::text[], $2::text[], $3::uuid[]) WITH ORDINALITY
+                        AS k(created_by, idempotency_key, conversation_id, n)
+                  ORDER BY created_by, idempotency_key, n
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&self.keys.0)
+            .bind(&self.keys.1)
+            .bind(&self.keys.2)
             .execute(&mut *tx)
             .await?;
         }

@@ -29,6 +29,9 @@ pub struct Outcome {
     pub counts: HashMap<&'static str, u64>,
     /// Records set aside (and dead-lettered, if the folder sends dead letters).
     pub poison: Vec<Poison>,
+    /// Records of a schema version newer than this build knows: their partition's projection
+    /// stops there (its position stays on the record, nothing after it is applied).
+    pub stopped: Vec<Poison>,
 }
 
 impl Outcome {
@@ -47,6 +50,15 @@ pub enum FoldError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     DeadLetter(#[from] anyhow::Error),
+    /// The records skip part of the log: reading must start again at the stored position.
+    #[error(
+        "partition {partition}: the projection stands at offset {stored} but the records start at {found}"
+    )]
+    Gap {
+        partition: i32,
+        stored: i64,
+        found: i64,
+    },
 }
 
 /// A record of the log with its event, decoded (or why it cannot be).
@@ -54,16 +66,28 @@ pub enum FoldError {
 pub struct Decoded {
     pub record: Record,
     pub event: Result<Positioned, String>,
+    /// The event is of a schema version newer than this build knows: not poison, it must wait.
+    pub newer: bool,
 }
 
 impl Decoded {
     pub fn new(record: Record) -> Self {
-        let event = decode(&record).map(|envelope| Positioned {
-            partition: record.partition,
-            offset: record.offset,
-            envelope,
-        });
-        Self { record, event }
+        let mut newer = false;
+        let event = decode(&record)
+            .map(|envelope| Positioned {
+                partition: record.partition,
+                offset: record.offset,
+                envelope,
+            })
+            .map_err(|e| {
+                newer = e.newer;
+                e.reason
+            });
+        Self {
+            record,
+            event,
+            newer,
+        }
     }
 }
 
@@ -76,6 +100,9 @@ pub struct Folder {
     /// Positions already in the dead-letter topic, not sent again (a rebuild meets the poison
     /// the live projector has set aside already).
     already_dead_lettered: HashSet<(i32, i64)>,
+    /// Refuse records that start past a partition's stored position ([`FoldError::Gap`]):
+    /// the live projector reads from where Postgres stands, never from a hint ahead of it.
+    contiguous: bool,
 }
 
 impl Folder {
@@ -84,7 +111,15 @@ impl Folder {
             topic: topic.to_owned(),
             dead_letters,
             already_dead_lettered: HashSet::new(),
+            contiguous: false,
         }
+    }
+
+    /// Every partition's records must start at its stored position (offsets of the log are
+    /// consecutive: the producer is idempotent, never transactional, and nothing is deleted).
+    pub fn contiguous(mut self) -> Self {
+        self.contiguous = true;
+        self
     }
 
     /// Positions that need not be dead-lettered again.
@@ -142,9 +177,43 @@ impl Folder {
         let mut events = Vec::new();
         let mut next: HashMap<i32, i64> = HashMap::new();
         let mut poison: Vec<(&Record, String)> = Vec::new();
-        for Decoded { record, event } in records {
-            if record.offset < stored.get(&record.partition).copied().unwrap_or(0) {
+        let mut stopped: HashSet<i32> = HashSet::new();
+        for Decoded {
+            record,
+            event,
+            newer,
+        } in records
+        {
+            let at = stored.get(&record.partition).copied().unwrap_or(0);
+            if record.offset < at {
                 continue; // applied already
+            }
+            if stopped.contains(&record.partition) {
+                continue; // behind an event this build cannot read
+            }
+            // A partition never applied may start wherever the log does.
+            let expected = next
+                .get(&record.partition)
+                .copied()
+                .or((at > 0).then_some(at));
+            if let Some(expected) = expected
+                && self.contiguous
+                && record.offset > expected
+            {
+                return Err(FoldError::Gap {
+                    partition: record.partition,
+                    stored: expected,
+                    found: record.offset,
+                });
+            }
+            if *newer {
+                stopped.insert(record.partition);
+                outcome.stopped.push(Poison {
+                    partition: record.partition,
+                    offset: record.offset,
+                    reason: event.as_ref().err().cloned().unwrap_or_default(),
+                });
+                continue;
             }
             outcome.fresh += 1;
             let end = next.entry(record.partition).or_default();

@@ -6,27 +6,38 @@
 //! rebalance or a replay leaves the tables as one uninterrupted run would. Kafka's own committed
 //! offsets are only a hint for where to resume reading (and for lag monitoring).
 //!
+//! Where reading starts is decided by Postgres, not by Kafka: on every partition assignment the
+//! consumer is positioned at the offsets stored with the rows, and a batch whose records start
+//! past a partition's stored position (the tables were restored from a backup, say, while
+//! running) is dropped and reading starts again there ([`folder::FoldError::Gap`]).
+//!
 //! A record that cannot be decoded, or whose event the database refuses as data, goes to the
 //! dead-letter topic with the reason and its original position; the projector moves on. A
-//! database fault (an outage) is retried, never skipped.
+//! database fault (an outage) is retried, never skipped. An event of a schema version newer
+//! than this build knows is neither: its partition's projection stops there, and `/readyz`
+//! names it, until a build that knows the version runs.
 
 pub mod dead_letter;
 pub mod fold;
 pub mod folder;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use dead_letter::{DeadLetters, dead_letter_topic};
 use events::Envelope;
 pub use folder::{Decoded, Folder, Outcome, Poison};
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgPool};
 use writer::KafkaArgs;
 
 /// The projector's own settings.
@@ -65,8 +76,18 @@ impl Record {
     }
 }
 
-/// Logs rebalances and publishes the consumer lag that librdkafka reports.
-struct Context;
+/// Partitions whose projection stopped at an event this build cannot read, with why.
+type Stopped = Arc<Mutex<BTreeMap<i32, Poison>>>;
+
+/// Positions each assigned partition where Postgres says the projection stands, logs
+/// rebalances and publishes the consumer lag that librdkafka reports.
+struct Context {
+    /// Where the stored positions are read from (a connection of its own: the rebalance
+    /// callback runs inside the consumer's poll).
+    database: PgConnectOptions,
+    topic: String,
+    stopped: Stopped,
+}
 
 impl ClientContext for Context {
     fn stats(&self, statistics: Statistics) {
@@ -83,17 +104,134 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned")
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.start_at_stored_positions(tpl);
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = assigned {
+                    tracing::error!(error = %e, "cannot take the assigned partitions");
+                }
+                self.pause_stopped(consumer, tpl);
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
             }
-            Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions revoked")
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = revoked {
+                    tracing::warn!(error = %e, "cannot give up the revoked partitions");
+                }
+                let mut stopped = self.stopped.lock().expect("lock is never poisoned");
+                for element in tpl.elements() {
+                    stopped.remove(&element.partition());
+                }
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+            other => tracing::warn!(error = ?other, "rebalance failed"),
         }
     }
+}
+
+impl Context {
+    /// Sets each assigned partition's start to its position stored in Postgres (the log's
+    /// beginning for a partition never applied). If Postgres does not answer, Kafka's
+    /// committed offsets stand in, and the contiguity check of each batch corrects them.
+    fn start_at_stored_positions(&self, tpl: &mut TopicPartitionList) {
+        let partitions: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect();
+        if partitions.is_empty() {
+            return;
+        }
+        match read_positions_blocking(
+            self.database.clone(),
+            self.topic.clone(),
+            partitions.clone(),
+        ) {
+            Ok(stored) => {
+                for partition in partitions {
+                    let offset = stored
+                        .get(&partition)
+                        .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                    if let Err(e) = tpl.set_partition_offset(&self.topic, partition, offset) {
+                        tracing::error!(error = %e, partition, "cannot set a start position");
+                    }
+                }
+                tracing::info!(positions = ?stored, "reading from the positions stored in Postgres");
+            }
+            Err(e) => tracing::warn!(error = %e,
+                "cannot read the stored positions; starting from Kafka's hint until a batch shows the gap"),
+        }
+    }
+
+    /// Keeps a partition stopped at an unreadable event paused across a reassignment.
+    fn pause_stopped(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let stopped = self.stopped.lock().expect("lock is never poisoned");
+        let mut paused = TopicPartitionList::new();
+        for element in tpl.elements() {
+            if stopped.contains_key(&element.partition()) {
+                paused.add_partition(&self.topic, element.partition());
+            }
+        }
+        if paused.count() > 0 {
+            let _ = consumer.pause(&paused);
+        }
+    }
+}
+
+/// The stored positions of `partitions`, read on a thread and connection of their own (the
+/// caller is inside the consumer's poll, on a runtime thread); at most a few seconds.
+fn read_positions_blocking(
+    database: PgConnectOptions,
+    topic: String,
+    partitions: Vec<i32>,
+) -> Result<HashMap<i32, i64>, String> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let read = async {
+                let mut conn = sqlx::PgConnection::connect_with(&database).await?;
+                let rows: Vec<(i32, i64)> = sqlx::query_as(
+                    "SELECT partition, next_offset FROM projector_positions
+                      WHERE topic = $1 AND partition = ANY($2)",
+                )
+                .bind(&topic)
+                .bind(&partitions)
+                .fetch_all(&mut conn)
+                .await?;
+                let _ = conn.close().await;
+                Ok::<_, sqlx::Error>(rows.into_iter().collect())
+            };
+            match tokio::time::timeout(Duration::from_secs(5), read).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err("Postgres did not answer within 5 s".to_owned()),
+            }
+        })
+    })
+    .join()
+    .map_err(|_| "the position reader panicked".to_owned())?
 }
 
 /// Folds the log into Postgres.
@@ -107,6 +245,8 @@ pub struct Projector {
     gather: Duration,
     /// False while the last batch could not be applied (the database is down, say).
     healthy: Arc<AtomicBool>,
+    /// Partitions stopped at an event of a newer schema version.
+    stopped: Stopped,
     /// Next offset per partition not yet told to Kafka, and when Kafka was last told.
     unhinted: HashMap<i32, i64>,
     last_hint: Instant,
@@ -126,6 +266,7 @@ const QUIET: Duration = Duration::from_millis(12);
 
 impl Projector {
     pub fn new(kafka: &KafkaArgs, args: &ProjectorArgs, pool: PgPool) -> anyhow::Result<Self> {
+        let stopped = Stopped::default();
         let consumer: StreamConsumer<Context> = ClientConfig::new()
             .set("bootstrap.servers", &kafka.brokers)
             .set("group.id", &args.group)
@@ -136,17 +277,22 @@ impl Projector {
             // fetch per record: far fewer requests for Kafka.
             .set("fetch.min.bytes", "65536")
             .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string())
-            .create_with_context(Context)?;
+            .create_with_context(Context {
+                database: (*pool.connect_options()).clone(),
+                topic: kafka.topic.clone(),
+                stopped: stopped.clone(),
+            })?;
         consumer.subscribe(&[&kafka.topic])?;
         let dead_letters = DeadLetters::new(kafka)?;
         Ok(Self {
             consumer: Arc::new(consumer),
-            folder: Folder::new(&kafka.topic, Some(dead_letters)),
+            folder: Folder::new(&kafka.topic, Some(dead_letters)).contiguous(),
             pool,
             topic: kafka.topic.clone(),
             max_batch: args.max_batch.max(1),
             gather: Duration::from_millis(args.gather_ms),
             healthy: Arc::new(AtomicBool::new(true)),
+            stopped,
             unhinted: HashMap::new(),
             last_hint: Instant::now(),
         })
@@ -159,6 +305,7 @@ impl Projector {
         let healthy = self.healthy.clone();
         let topic = self.topic.clone();
         let dead_letters_at_start = Arc::new(OnceLock::new());
+        let stopped = self.stopped.clone();
         telemetry::Readiness::new(move || {
             let consumer = consumer.clone();
             let pool = pool.clone();
@@ -166,6 +313,20 @@ impl Projector {
             let topic = topic.clone();
             let topic_name = topic.clone();
             let dead_letters_at_start = dead_letters_at_start.clone();
+            // A partition stopped on an event from a newer build, in words an operator can act on.
+            let stopped_reason = {
+                let stopped = stopped.lock().expect("lock is never poisoned");
+                let said: Vec<String> = stopped
+                    .values()
+                    .map(|s| {
+                        format!(
+                            "partition {} stopped at offset {}: {}",
+                            s.partition, s.offset, s.reason
+                        )
+                    })
+                    .collect();
+                (!said.is_empty()).then(|| said.join("; "))
+            };
             async move {
                 let (kafka, dead_letters) = tokio::task::spawn_blocking(move || {
                     let kafka = consumer
@@ -190,8 +351,8 @@ impl Projector {
                     },
                     telemetry::Check {
                         dependency: "projection",
-                        ok: healthy.load(Ordering::Relaxed),
-                        detail: None,
+                        ok: healthy.load(Ordering::Relaxed) && stopped_reason.is_none(),
+                        detail: stopped_reason,
                     },
                     dead_letter_check(dead_letters, &dead_letters_at_start, &topic_name),
                 ]
@@ -213,16 +374,43 @@ impl Projector {
                     return Ok(());
                 }
             };
+            let records: Vec<Record> = {
+                let stopped = self.stopped.lock().expect("lock is never poisoned");
+                records
+                    .into_iter()
+                    .filter(|r| !stopped.contains_key(&r.partition))
+                    .collect()
+            };
+            if records.is_empty() {
+                continue;
+            }
             let mut backoff = Duration::from_millis(100);
             let started = Instant::now();
-            loop {
+            let applied = loop {
                 match self.folder.apply(&self.pool, &records).await {
                     Ok(outcome) => {
                         outcome.record_metrics();
                         metrics::histogram!("chat_projector_batch_seconds")
                             .record(started.elapsed().as_secs_f64());
                         self.healthy.store(true, Ordering::Relaxed);
-                        break;
+                        for stop in outcome.stopped {
+                            self.stop(stop);
+                        }
+                        break true;
+                    }
+                    Err(folder::FoldError::Gap {
+                        partition,
+                        stored,
+                        found,
+                    }) => {
+                        tracing::warn!(
+                            partition,
+                            stored,
+                            found,
+                            "the log was read past the stored position; reading again from Postgres's positions"
+                        );
+                        self.rewind(&records).await;
+                        break false;
                     }
                     Err(e) => {
                         self.healthy.store(false, Ordering::Relaxed);
@@ -237,6 +425,9 @@ impl Projector {
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
+            };
+            if !applied {
+                continue;
             }
             for r in &records {
                 let next = self.unhinted.entry(r.partition).or_default();
@@ -244,6 +435,73 @@ impl Projector {
             }
             if self.last_hint.elapsed() >= HINT_INTERVAL {
                 self.commit_hint();
+            }
+        }
+    }
+
+    /// Stops a partition's projection at an event this build cannot read: paused, and named
+    /// by `/readyz`, until a build that knows its version runs.
+    fn stop(&mut self, stop: Poison) {
+        tracing::error!(partition = stop.partition, offset = stop.offset, reason = %stop.reason,
+            "projection of this partition stopped: deploy a build that knows this event version");
+        metrics::counter!("chat_projector_stopped_partitions_total").increment(1);
+        let mut paused = TopicPartitionList::new();
+        paused.add_partition(&self.topic, stop.partition);
+        if let Err(e) = self.consumer.pause(&paused) {
+            tracing::warn!(error = %e, "cannot pause the stopped partition");
+        }
+        self.unhinted.remove(&stop.partition);
+        self.stopped
+            .lock()
+            .expect("lock is never poisoned")
+            .insert(stop.partition, stop);
+    }
+
+    /// Moves every partition of `records` back to its position stored in Postgres.
+    async fn rewind(&mut self, records: &[Record]) {
+        let partitions: Vec<i32> = records
+            .iter()
+            .map(|r| r.partition)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let stored: HashMap<i32, i64> = loop {
+            match sqlx::query_as::<_, (i32, i64)>(
+                "SELECT partition, next_offset FROM projector_positions
+                  WHERE topic = $1 AND partition = ANY($2)",
+            )
+            .bind(&self.topic)
+            .bind(&partitions)
+            .fetch_all(&self.pool)
+            .await
+            {
+                Ok(rows) => break rows.into_iter().collect(),
+                Err(e) => {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    tracing::error!(error = %e, "cannot read the stored positions; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        for partition in partitions {
+            let offset = stored
+                .get(&partition)
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            self.unhinted.remove(&partition);
+            let consumer = self.consumer.clone();
+            let topic = self.topic.clone();
+            let sought = tokio::task::spawn_blocking(move || {
+                consumer.seek(&topic, partition, offset, Duration::from_secs(5))
+            })
+            .await;
+            match sought {
+                Ok(Ok(())) => {
+                    tracing::info!(partition, ?offset, "reading again from the stored position")
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, partition, "cannot seek to the stored position")
+                }
+                Err(e) => tracing::error!(error = %e, partition, "seek task failed"),
             }
         }
     }
@@ -346,20 +604,41 @@ fn dead_letter_check(held: Option<i64>, at_start: &OnceLock<i64>, topic: &str) -
     }
 }
 
-fn decode(record: &Record) -> Result<Envelope, String> {
+/// Why a record is not an event this build can apply.
+struct Undecodable {
+    reason: String,
+    /// Written by a newer build ([`events::DecodeError::NewerVersion`]): it must wait, not be
+    /// set aside.
+    newer: bool,
+}
+
+impl From<&str> for Undecodable {
+    fn from(reason: &str) -> Self {
+        Self {
+            reason: reason.to_owned(),
+            newer: false,
+        }
+    }
+}
+
+fn decode(record: &Record) -> Result<Envelope, Undecodable> {
     let payload = record.payload.as_deref().ok_or("the record has no value")?;
-    let envelope = Envelope::decode(payload).map_err(|e| e.to_string())?;
+    let envelope = Envelope::decode(payload).map_err(|e| Undecodable {
+        newer: matches!(e, events::DecodeError::NewerVersion { .. }),
+        reason: e.to_string(),
+    })?;
     // Our writer appends nothing the rule refuses: such a record comes from elsewhere, and is
     // set aside before it reaches the database (where it would fail its whole batch).
-    envelope
-        .event
-        .admit()
-        .map_err(|refusal| format!("the event breaks the log's rule: {refusal}"))?;
+    envelope.event.admit().map_err(|refusal| {
+        Undecodable::from(format!("the event breaks the log's rule: {refusal}").as_str())
+    })?;
     let expected_key = envelope.key();
     if record.key.as_deref() != Some(expected_key.as_bytes()) {
         return Err(format!(
             "the record's key is not its conversation id {expected_key}: it may be in the wrong partition"
-        ));
+        )
+        .as_str()
+        .into());
     }
     Ok(envelope)
 }

@@ -20,7 +20,9 @@ use uuid::Uuid;
 use crate::delivery::Outbox;
 use crate::frames::{self, Code, Command, Rejection, SendMessage, ServerFrame};
 use crate::recent_sends::Claim;
-use crate::{CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, Edge};
+use crate::{
+    CLOSE_DELIVERY_LOST, CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, Edge,
+};
 
 /// `GET <base>/?Authorization=<jwt>`: 401 without a valid token, 429 over the per-user limit,
 /// otherwise the upgrade.
@@ -189,6 +191,7 @@ impl Handler {
             connection,
             frames,
             overflowed: Arc::new(Notify::new()),
+            lost: Arc::new(Notify::new()),
         };
         (
             Self {
@@ -216,6 +219,7 @@ impl Handler {
             queue,
             self.outbox.overflowed.clone(),
             ping.clone(),
+            self.outbox.lost.clone(),
             close_rx,
             self.edge.limits.close_grace,
         ));
@@ -350,11 +354,16 @@ impl Handler {
         self.limit("send-message", self.edge.limits.rates.send_message)
             .await?;
         self.check_participant(send.conversation_id).await?;
-        let message_id = Uuid::new_v4();
         let sent = &self.edge.recent_sends;
         let (user, conversation, temp) = (&self.user, send.conversation_id, &send.temp_message_id);
-        match sent.claim(user, conversation, temp, message_id).await {
-            Ok(Claim::New) => {}
+        // Named by what names it: every attempt of this message has this id.
+        let message_id = events::message_id(user, conversation, temp);
+        let lease = Uuid::new_v4();
+        let sent_at = match sent
+            .claim(user, conversation, temp, Timestamp::now(), lease)
+            .await
+        {
+            Ok(Claim::Append(sent_at)) => sent_at,
             Ok(Claim::Sent(frame)) => {
                 // A retry: answer with the original, append nothing.
                 self.outbox.push(frame.into());
@@ -370,8 +379,7 @@ impl Handler {
                 tracing::error!(error = %e, "cannot claim a tempMessageId in Redis");
                 return Err(unavailable("the message cannot be sent now; retry"));
             }
-        }
-        let sent_at = Timestamp::now();
+        };
         let event = MessageSent {
             conversation_id: conversation,
             message_id,
@@ -389,25 +397,21 @@ impl Handler {
             sent_at,
         }
         .to_json();
-        let envelope = Envelope {
-            event_id: Uuid::new_v4(),
-            accepted_at: sent_at,
-            event: Event::MessageSent(event),
-        };
+        let envelope = Envelope::new(Event::MessageSent(event));
         match self.edge.writer.append(&envelope).await {
             Ok(_) => {
-                if let Err(e) = sent.confirm(user, conversation, temp, &frame).await {
+                if let Err(e) = sent.confirm(user, conversation, temp, &frame, lease).await {
                     tracing::warn!(error = %e, "cannot record a sent tempMessageId");
                 }
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "send-message not appended");
-                if let Err(e) = sent.release(user, conversation, temp, message_id).await {
-                    tracing::warn!(error = %e, "cannot release a tempMessageId claim");
+                if let Err(e) = sent.abandon(user, conversation, temp, lease).await {
+                    tracing::warn!(error = %e, "cannot release a tempMessageId lease");
                 }
                 Err(unavailable(
-                    "the event log is unavailable; the message was not sent",
+                    "the event log did not acknowledge the message; retry with the same tempMessageId",
                 ))
             }
         }
@@ -461,6 +465,7 @@ async fn write_frames(
     mut queue: mpsc::Receiver<Utf8Bytes>,
     overflowed: Arc<Notify>,
     ping: Arc<Notify>,
+    lost: Arc<Notify>,
     mut close: oneshot::Receiver<Ending>,
     close_grace: std::time::Duration,
 ) {
@@ -468,6 +473,7 @@ async fn write_frames(
         tokio::select! {
             biased;
             _ = overflowed.notified() => break slow(),
+            _ = lost.notified() => break (CLOSE_DELIVERY_LOST, "a delivery was lost: reconnect and read history"),
             ending = &mut close => match ending {
                 Ok(Ending::GoingAway) => break (CLOSE_GOING_AWAY, "server shutting down"),
                 Ok(Ending::TooBig) => break (CLOSE_TOO_BIG, "frame too large"),

@@ -1,9 +1,18 @@
 //! Deliveries come from the log, never from the sending connection: each edge consumes the
 //! whole topic from where it stood at start-up, finds the recipients of each event and pushes
 //! the frame to the connections it holds.
+//!
+//! - A message appended twice (a retried send) is delivered once per connection: the edge
+//!   remembers the first delivery of the last [`FIRST_DELIVERIES_REMEMBERED`] message ids, and a
+//!   later event of one of them goes only to connections that joined since (a sender who
+//!   reconnected to retry gets its echo), with the first event's `sentAt`.
+//! - Events are delivered one at a time in log order. A failed participant look-up is retried
+//!   with backoff, holding the event (and those behind it) for up to [`LOOKUP_PATIENCE`]; if the
+//!   database stays away, every connection held here is closed (1011), so that clients
+//!   reconnect and read history instead of believing they missed nothing.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -27,6 +36,9 @@ pub struct Outbox {
     pub frames: mpsc::Sender<Utf8Bytes>,
     /// Woken when the queue overflowed: the connection is closed as too slow.
     pub overflowed: Arc<Notify>,
+    /// Woken when a delivery this connection may have been owed was lost: the connection is
+    /// closed (1011) so that the client reads history.
+    pub lost: Arc<Notify>,
 }
 
 impl Outbox {
@@ -46,19 +58,27 @@ impl Outbox {
 /// The connections this edge holds, by user.
 #[derive(Default)]
 pub struct HeldConnections {
-    by_user: RwLock<HashMap<String, Vec<Outbox>>>,
+    /// Each outbox with the [`HeldConnections::joins`] count when it joined.
+    by_user: RwLock<HashMap<String, Vec<(u64, Outbox)>>>,
+    /// Connections that ever joined; read under the lock by a delivery, so that a later one
+    /// can tell which connections joined after it.
+    joins: AtomicU64,
 }
 
 impl HeldConnections {
     pub fn insert(&self, user: &str, outbox: Outbox) {
         let mut by_user = self.by_user.write().expect("lock is never poisoned");
-        by_user.entry(user.to_owned()).or_default().push(outbox);
+        let joined = self.joins.fetch_add(1, Ordering::Relaxed) + 1;
+        by_user
+            .entry(user.to_owned())
+            .or_default()
+            .push((joined, outbox));
     }
 
     pub fn remove(&self, user: &str, connection: Uuid) {
         let mut by_user = self.by_user.write().expect("lock is never poisoned");
         if let Some(outboxes) = by_user.get_mut(user) {
-            outboxes.retain(|o| o.connection != connection);
+            outboxes.retain(|(_, o)| o.connection != connection);
             if outboxes.is_empty() {
                 by_user.remove(user);
             }
@@ -67,10 +87,40 @@ impl HeldConnections {
 
     /// Pushes a frame to every connection of `user` held here; returns how many took it.
     pub fn deliver(&self, user: &str, frame: &Utf8Bytes) -> usize {
+        self.deliver_to_all([user], frame, 0).0
+    }
+
+    /// Pushes a frame to every connection of these users that joined after `since` (a value
+    /// this returned before, or 0 for all); returns how many took it and the value meaning
+    /// "every connection held now".
+    pub fn deliver_to_all<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a str>,
+        frame: &Utf8Bytes,
+        since: u64,
+    ) -> (usize, u64) {
         let by_user = self.by_user.read().expect("lock is never poisoned");
-        by_user.get(user).map_or(0, |outboxes| {
-            outboxes.iter().filter(|o| o.push(frame.clone())).count()
-        })
+        let mut delivered = 0;
+        for user in users {
+            for (joined, outbox) in by_user.get(user).into_iter().flatten() {
+                if *joined > since && outbox.push(frame.clone()) {
+                    delivered += 1;
+                }
+            }
+        }
+        // Joins need the write lock: none happened while this one was held.
+        (delivered, self.joins.load(Ordering::Relaxed))
+    }
+
+    /// Closes every connection held here (their deliveries cannot be known); returns how many.
+    pub fn close_all_lost(&self) -> usize {
+        let by_user = self.by_user.read().expect("lock is never poisoned");
+        let mut closed = 0;
+        for (_, outbox) in by_user.values().flatten() {
+            outbox.lost.notify_one();
+            closed += 1;
+        }
+        closed
     }
 
     /// Every (user, connection) held, for refreshing their registrations.
@@ -78,8 +128,53 @@ impl HeldConnections {
         let by_user = self.by_user.read().expect("lock is never poisoned");
         by_user
             .iter()
-            .flat_map(|(user, outboxes)| outboxes.iter().map(|o| (user.clone(), o.connection)))
+            .flat_map(|(user, outboxes)| outboxes.iter().map(|(_, o)| (user.clone(), o.connection)))
             .collect()
+    }
+}
+
+/// Message ids whose first delivery this edge remembers. Each costs about 80 bytes (id, the
+/// join count, `sentAt`, map and queue slots): 262,144 of them ≈ 21 MB, i.e. every message of
+/// the last 4 minutes at 1,000 messages/s. A retry that appends a message again later than that
+/// (its Redis record is kept for the dedupe window, so only after Redis lost it) may reach a
+/// connection a second time, with the same `messageId`.
+pub const FIRST_DELIVERIES_REMEMBERED: usize = 1 << 18;
+
+/// The first delivery of each recent message id, oldest first out.
+pub struct FirstDeliveries {
+    by_id: HashMap<Uuid, (u64, events::Timestamp)>,
+    order: VecDeque<Uuid>,
+    capacity: usize,
+}
+
+impl FirstDeliveries {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The join count and `sentAt` of the first delivery of `message`, if remembered.
+    pub fn get(&self, message: Uuid) -> Option<(u64, events::Timestamp)> {
+        self.by_id.get(&message).copied()
+    }
+
+    /// Every connection that joined up to `joins` has had `message`; `sent_at` is kept from
+    /// its first delivery.
+    pub fn remember(&mut self, message: Uuid, joins: u64, sent_at: events::Timestamp) {
+        if let Some(known) = self.by_id.get_mut(&message) {
+            known.0 = joins;
+            return;
+        }
+        self.by_id.insert(message, (joins, sent_at));
+        self.order.push_back(message);
+        if self.order.len() > self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.by_id.remove(&oldest);
+        }
     }
 }
 
@@ -150,6 +245,7 @@ impl LogTail {
         if !self.position(&mut shutdown).await {
             return;
         }
+        let mut first = FirstDeliveries::new(FIRST_DELIVERIES_REMEMBERED);
         loop {
             let record = tokio::select! {
                 record = self.consumer.recv() => record,
@@ -161,7 +257,13 @@ impl LogTail {
                         continue;
                     };
                     match Envelope::decode(payload) {
-                        Ok(envelope) => deliver(&envelope, &store, &held).await,
+                        Ok(envelope) => {
+                            let delivering = deliver(&envelope, &store, &held, &mut first);
+                            tokio::select! {
+                                () = delivering => {}
+                                _ = crate::stopping(&mut shutdown) => return,
+                            }
+                        }
                         Err(e) => tracing::warn!(
                             error = %e, partition = record.partition(), offset = record.offset(),
                             "skipping a record that is not an event"
@@ -205,26 +307,41 @@ fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<usize, String
     Ok(partitions.len())
 }
 
-async fn deliver(envelope: &Envelope, store: &Store, held: &HeldConnections) {
+async fn deliver(
+    envelope: &Envelope,
+    store: &Store,
+    held: &HeldConnections,
+    first: &mut FirstDeliveries,
+) {
     let lag = events::Timestamp::now().as_datetime() - envelope.accepted_at.as_datetime();
     metrics::histogram!("chat_ws_delivery_lag_seconds")
         .record(lag.num_microseconds().unwrap_or(0) as f64 / 1e6);
     match &envelope.event {
         Event::MessageSent(m) => {
-            let Some(participants) = participants(store, m.conversation_id).await else {
+            let Some(participants) = participants(store, m.conversation_id, held).await else {
                 return;
             };
+            // The same message again (a retried send): only to connections that joined since
+            // its first delivery, as it was first delivered.
+            let seen = first.get(m.message_id);
+            let (since, sent_at) = seen.unwrap_or((0, m.sent_at));
             let frame: Utf8Bytes = ServerFrame::NewMessage {
                 message_id: m.message_id,
                 temp_message_id: &m.temp_message_id,
                 conversation_id: m.conversation_id,
                 sender_id: &m.sender_id,
                 content: &m.content,
-                sent_at: m.sent_at,
+                sent_at,
             }
             .to_json()
             .into();
-            let delivered: usize = participants.iter().map(|p| held.deliver(p, &frame)).sum();
+            let (delivered, joins) =
+                held.deliver_to_all(participants.iter().map(String::as_str), &frame, since);
+            // Every connection held now has had the message.
+            first.remember(m.message_id, joins, sent_at);
+            if seen.is_some() {
+                metrics::counter!("chat_ws_repeated_messages_total").increment(1);
+            }
             metrics::counter!("chat_ws_deliveries_total", "type" => "new-message")
                 .increment(delivered as u64);
         }
@@ -243,25 +360,92 @@ async fn deliver(envelope: &Envelope, store: &Store, held: &HeldConnections) {
     }
 }
 
-/// The recipients of a conversation's events; a database hiccup is retried a few times before
-/// the deliveries of that one event are given up (clients read history over REST).
-async fn participants(store: &Store, conversation: Uuid) -> Option<Arc<[String]>> {
-    for attempt in 1..=5 {
+/// Longest the deliveries wait for the database to answer a participant look-up before the
+/// event is given up (and every connection held here closed).
+pub const LOOKUP_PATIENCE: Duration = Duration::from_secs(15);
+
+/// The recipients of a conversation's events. A failed look-up is retried with backoff (the
+/// event, and the log behind it, wait: per-conversation order is kept); after
+/// [`LOOKUP_PATIENCE`] the event's deliveries are impossible, and every connection held here is
+/// closed, since any of them may have been a recipient.
+async fn participants(
+    store: &Store,
+    conversation: Uuid,
+    held: &HeldConnections,
+) -> Option<Arc<[String]>> {
+    let deadline = tokio::time::Instant::now() + LOOKUP_PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
         match store.participants(conversation).await {
             Ok(Some(found)) => return Some(found),
             Ok(None) => {
                 tracing::warn!(%conversation, "an event names a conversation the projection lacks");
                 return None;
             }
-            Err(e) if attempt < 5 => {
+            Err(e) if tokio::time::Instant::now() + pause < deadline => {
                 tracing::warn!(error = %e, %conversation, attempt, "cannot read participants; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                metrics::counter!("chat_ws_lookup_retries_total").increment(1);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
             Err(e) => {
-                tracing::error!(error = %e, %conversation, "cannot read participants; deliveries of this event dropped");
+                let closed = held.close_all_lost();
+                tracing::error!(error = %e, %conversation, attempt, closed,
+                    "cannot read participants; the event's deliveries are lost, closing every connection held so clients read history");
                 metrics::counter!("chat_ws_dropped_events_total").increment(1);
+                return None;
             }
         }
     }
-    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_deliveries_are_bounded_and_keep_the_first_sent_at() {
+        let mut first = FirstDeliveries::new(2);
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let t1: events::Timestamp = serde_json::from_str("\"2021-09-26T10:33:11.123Z\"").unwrap();
+        let t2: events::Timestamp = serde_json::from_str("\"2021-09-26T10:33:12.123Z\"").unwrap();
+        first.remember(a, 1, t1);
+        first.remember(a, 5, t2);
+        assert_eq!(first.get(a), Some((5, t1)), "joins move on, sentAt stays");
+        first.remember(b, 2, t1);
+        first.remember(c, 3, t1);
+        assert_eq!(first.get(a), None, "the oldest is forgotten");
+        assert!(first.get(b).is_some() && first.get(c).is_some());
+    }
+
+    #[test]
+    fn a_repeat_reaches_only_connections_that_joined_since() {
+        let held = HeldConnections::default();
+        let outbox = || {
+            let (frames, queue) = mpsc::channel(8);
+            let outbox = Outbox {
+                connection: Uuid::new_v4(),
+                frames,
+                overflowed: Arc::new(Notify::new()),
+                lost: Arc::new(Notify::new()),
+            };
+            (outbox, queue)
+        };
+        let (early, mut early_queue) = outbox();
+        held.insert("alice", early);
+        let frame: Utf8Bytes = "{}".into();
+        let (delivered, joins) = held.deliver_to_all(["alice", "bob"], &frame, 0);
+        assert_eq!(delivered, 1);
+        let (late, mut late_queue) = outbox();
+        held.insert("alice", late);
+        assert_eq!(held.deliver_to_all(["alice"], &frame, joins).0, 1);
+        assert!(early_queue.try_recv().is_ok());
+        assert!(
+            early_queue.try_recv().is_err(),
+            "the early connection had it once"
+        );
+        assert!(late_queue.try_recv().is_ok());
+    }
 }

@@ -35,6 +35,10 @@ use crate::recent_sends::RecentSends;
 /// Close code sent to a client whose outbound queue overflowed (it did not read fast enough).
 /// Application range (4000-4999); "8" echoes 1008, policy violation.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// Close code sent when a delivery owed to the connection could not be made (the participants
+/// of its conversation could not be read): 1011, internal error. The client reconnects and
+/// reads history.
+pub const CLOSE_DELIVERY_LOST: u16 = 1011;
 /// Close code sent on graceful shutdown: 1001, going away.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code sent for a frame larger than `CHAT_WS_MAX_FRAME_BYTES`: 1009, message too big.

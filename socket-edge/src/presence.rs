@@ -242,6 +242,7 @@ mod tests {
             connection,
             frames: mpsc::channel(1).0,
             overflowed: Arc::new(Notify::new()),
+            lost: Arc::new(Notify::new()),
         }
     }
 

@@ -1,20 +1,27 @@
-//! Idempotent sends: the same `tempMessageId` from the same user in the same conversation within
-//! `CHAT_WS_DEDUPE_WINDOW_SECS` produces one message (clients retry after reconnects).
+//! Idempotent sends: the same `tempMessageId` from the same user in the same conversation is one
+//! message. Its `messageId` is derived from the three ([`events::message_id`]), so a second event
+//! of it can never become a second message; what Redis adds is that a retry within
+//! `CHAT_WS_DEDUPE_WINDOW_SECS` appends nothing once the first attempt is in the log, and that
+//! every attempt carries the first attempt's `sentAt`.
 //!
-//! Key `P sent:{<userId>}:<conversationId>:<tempMessageId>`, claimed with `SET NX PX` before the
-//! append:
+//! Two keys per send, sharing the user's hash tag:
 //!
-//! - `p:<messageId>` while the append is in flight: a concurrent retry waits for the outcome
-//!   (`send_in_progress` only if none comes within the append timeout); if the append fails the
-//!   claim is released (compare-and-delete), so a retry sends afresh.
-//! - `d:<new-message frame>` once Kafka acknowledged: a retry gets the original `new-message`
-//!   frame on its own connection, and no second event is appended.
+//! - `P sent:{<userId>}:<conversationId>:<tempMessageId>`, kept for the window:
+//!   `p:<sentAt>` until an append is acknowledged (the outcome of the attempts so far is
+//!   unknown: Kafka may hold the event or not), then `d:<new-message frame>`: a retry gets the
+//!   original frame on its own connection and nothing is appended.
+//! - `P sending:{<userId>}:<conversationId>:<tempMessageId>`: the lease of the attempt appending
+//!   right now, expiring after [`writer::LONGEST_APPEND`]. A retry that finds it waits for the
+//!   outcome; once it is released (the append failed) or expired (the edge died), the retry takes
+//!   over and appends the same message again, same id, same `sentAt`. So no retry waits longer
+//!   than the slowest possible append, and no claim is ever stuck.
 //!
 //! The window bounds Redis memory: each message sent keeps about its frame's size (plus the key)
 //! for the window, e.g. 1,000 messages/s × 600 s × ~400 B ≈ 240 MB at full load.
 
 use std::time::Duration;
 
+use events::Timestamp;
 use redis::{RedisResult, Script};
 use uuid::Uuid;
 
@@ -23,27 +30,59 @@ use crate::presence::Redis;
 /// What a send found when it claimed its `tempMessageId`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// First time: append, then [`RecentSends::confirm`] or [`RecentSends::release`].
-    New,
+    /// Append the message with this `sentAt` (the first attempt's, when this one is a retry),
+    /// then [`RecentSends::confirm`] or [`RecentSends::abandon`].
+    Append(Timestamp),
     /// Already appended: here is its `new-message` frame.
     Sent(String),
-    /// Another attempt is appending it right now.
+    /// Another attempt held the lease for longer than any append takes (not expected).
     InFlight,
 }
+
+/// Who holds a send's lease: a fresh token per attempt.
+pub type Lease = Uuid;
 
 #[derive(Clone)]
 pub struct RecentSends {
     redis: Redis,
     /// How long a `tempMessageId` is remembered.
     window: Duration,
-    release: std::sync::Arc<Script>,
+    claim: std::sync::Arc<Script>,
+    confirm: std::sync::Arc<Script>,
+    abandon: std::sync::Arc<Script>,
 }
 
-/// Longest a retry waits for an in-flight first attempt: the writer's delivery timeout (10 s)
-/// and a margin.
-const IN_FLIGHT_PATIENCE: Duration = Duration::from_secs(11);
+/// How long an attempt holds the lease: as long as an append can take.
+const LEASE: Duration = writer::LONGEST_APPEND;
 
-const RELEASE: &str = r"
+/// Longest a retry waits for an attempt in flight: the lease and a margin for Redis's clock.
+const IN_FLIGHT_PATIENCE: Duration = Duration::from_millis(LEASE.as_millis() as u64 + 1_000);
+
+/// KEYS: record, lease. ARGV: proposed sentAt, window ms, lease ms, lease token.
+/// Returns {"append", sentAt} | {"sent", frame} | {"wait", ""}.
+const CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], 'p:' .. ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+  return {'append', ARGV[1]}
+end
+if string.sub(v, 1, 2) == 'd:' then return {'sent', string.sub(v, 3)} end
+if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then
+  return {'append', string.sub(v, 3)}
+end
+return {'wait', ''}
+";
+
+/// KEYS: record, lease. ARGV: frame, lease token.
+const CONFIRM: &str = r"
+redis.call('SET', KEYS[1], 'd:' .. ARGV[1], 'XX', 'KEEPTTL')
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+return 1
+";
+
+/// KEYS: lease. ARGV: lease token.
+const ABANDON: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
@@ -53,56 +92,61 @@ impl RecentSends {
         Self {
             redis,
             window,
-            release: std::sync::Arc::new(Script::new(RELEASE)),
+            claim: std::sync::Arc::new(Script::new(CLAIM)),
+            confirm: std::sync::Arc::new(Script::new(CONFIRM)),
+            abandon: std::sync::Arc::new(Script::new(ABANDON)),
         }
     }
 
-    fn key(&self, user: &str, conversation: Uuid, temp_message_id: &str) -> String {
-        format!(
-            "{}sent:{{{user}}}:{conversation}:{temp_message_id}",
-            self.redis.prefix
-        )
+    fn keys(&self, user: &str, conversation: Uuid, temp_message_id: &str) -> [String; 2] {
+        let prefix = &self.redis.prefix;
+        [
+            format!("{prefix}sent:{{{user}}}:{conversation}:{temp_message_id}"),
+            format!("{prefix}sending:{{{user}}}:{conversation}:{temp_message_id}"),
+        ]
     }
 
+    /// Claims the send of a `tempMessageId` for the attempt holding `lease`; `now` is its
+    /// `sentAt` if it is the first attempt.
     pub async fn claim(
         &self,
         user: &str,
         conversation: Uuid,
         temp_message_id: &str,
-        message_id: Uuid,
+        now: Timestamp,
+        lease: Lease,
     ) -> RedisResult<Claim> {
         let mut redis = self.redis.connection().await?;
-        let key = self.key(user, conversation, temp_message_id);
-        // A retry that finds the first attempt in flight waits for its outcome (its echo from the
-        // log can reach the client before the confirmation reaches Redis), at most as long as
-        // an append can take.
+        let [record, lease_key] = self.keys(user, conversation, temp_message_id);
+        // A retry that finds an attempt in flight waits for its outcome (its echo from the log
+        // can reach the client before the confirmation reaches Redis), at most as long as an
+        // append can take: then the lease has expired and this attempt takes over.
         let deadline = tokio::time::Instant::now() + IN_FLIGHT_PATIENCE;
         let mut pause = Duration::from_millis(5);
         loop {
-            let claimed: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(format!("p:{message_id}"))
-                .arg("NX")
-                .arg("PX")
+            let (verdict, value): (String, String) = self
+                .claim
+                .key(&record)
+                .key(&lease_key)
+                .arg(now.to_string())
                 .arg(self.window.as_millis() as u64)
-                .query_async(&mut redis)
+                .arg(LEASE.as_millis() as u64)
+                .arg(lease.to_string())
+                .invoke_async(&mut redis)
                 .await?;
-            if claimed.is_some() {
-                return Ok(Claim::New);
-            }
-            let existing: Option<String> =
-                redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
-            match existing.as_deref().map(|v| v.strip_prefix("d:")) {
-                Some(Some(frame)) => return Ok(Claim::Sent(frame.to_owned())),
-                Some(None) if tokio::time::Instant::now() >= deadline => {
-                    return Ok(Claim::InFlight);
+            match verdict.as_str() {
+                "append" => {
+                    // A stored `sentAt` that does not parse (never written by us) is replaced.
+                    let sent_at =
+                        serde_json::from_value(serde_json::Value::String(value)).unwrap_or(now);
+                    return Ok(Claim::Append(sent_at));
                 }
-                Some(None) => {
+                "sent" => return Ok(Claim::Sent(value)),
+                _ if tokio::time::Instant::now() >= deadline => return Ok(Claim::InFlight),
+                _ => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
-                // Expired or released between the SET and the GET: claim again.
-                None => {}
             }
         }
     }
@@ -114,30 +158,34 @@ impl RecentSends {
         conversation: Uuid,
         temp_message_id: &str,
         frame: &str,
+        lease: Lease,
     ) -> RedisResult<()> {
         let mut redis = self.redis.connection().await?;
-        redis::cmd("SET")
-            .arg(self.key(user, conversation, temp_message_id))
-            .arg(format!("d:{frame}"))
-            .arg("XX")
-            .arg("KEEPTTL")
-            .query_async::<Option<String>>(&mut redis)
+        let [record, lease_key] = self.keys(user, conversation, temp_message_id);
+        self.confirm
+            .key(record)
+            .key(lease_key)
+            .arg(frame)
+            .arg(lease.to_string())
+            .invoke_async::<i64>(&mut redis)
             .await
             .map(drop)
     }
 
-    /// The append failed: let a retry send afresh (only if the claim is still ours).
-    pub async fn release(
+    /// The append failed (Kafka may still hold the event): release the lease so that a retry
+    /// appends the same message again at once. The `sentAt` stays.
+    pub async fn abandon(
         &self,
         user: &str,
         conversation: Uuid,
         temp_message_id: &str,
-        message_id: Uuid,
+        lease: Lease,
     ) -> RedisResult<()> {
         let mut redis = self.redis.connection().await?;
-        self.release
-            .key(self.key(user, conversation, temp_message_id))
-            .arg(format!("p:{message_id}"))
+        let [_, lease_key] = self.keys(user, conversation, temp_message_id);
+        self.abandon
+            .key(lease_key)
+            .arg(lease.to_string())
             .invoke_async::<i64>(&mut redis)
             .await
             .map(drop)

@@ -180,6 +180,23 @@ impl Store {
         Ok(self.participants(conversation_id).await?.is_some())
     }
 
+    /// The conversation `creator` created under an `Idempotency-Key`, if the projection holds
+    /// one (the first creation in the log under that key).
+    pub async fn keyed_conversation(
+        &self,
+        creator: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<Uuid>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT conversation_id FROM idempotency_keys
+              WHERE created_by = $1 AND idempotency_key = $2",
+        )
+        .bind(creator)
+        .bind(idempotency_key)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
     /// A conversation's header as `viewer` sees it (the caller checks participation).
     pub async fn conversation(
         &self,

@@ -24,6 +24,7 @@ pub fn created(conversation_id: Uuid, users: &[&str]) -> Envelope {
         } else {
             String::new()
         },
+        idempotency_key: None,
     }))
 }
 
@@ -73,11 +74,12 @@ pub async fn wait_for_count(pool: &PgPool, query: &str, want: i64, patience: Dur
 }
 
 /// The projection's tables with the order that makes their digest deterministic.
-pub const PROJECTION_TABLES: [(&str, &str); 4] = [
+pub const PROJECTION_TABLES: [(&str, &str); 5] = [
     ("conversations", "conversation_id"),
     ("participants", "conversation_id, user_id"),
     ("messages", "conversation_id, seq"),
     ("read_markers", "conversation_id, user_id"),
+    ("idempotency_keys", "created_by, idempotency_key"),
 ];
 
 /// A digest of each table (row count and md5 of its ordered rows), to compare two projections

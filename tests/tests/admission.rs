@@ -93,6 +93,7 @@ async fn accepted_is_stored_exactly(pool: &PgPool, case: Case) -> Result<usize, 
         participants: participants.clone(),
         is_group: true,
         title: case.title.clone(),
+        idempotency_key: None,
     });
     let sent = Event::MessageSent(MessageSent {
         conversation_id,

@@ -67,6 +67,7 @@ async fn conversation(env: &TestEnv, participants: &[&str]) -> Uuid {
                 participants: sorted,
                 is_group: false,
                 title: String::new(),
+                idempotency_key: None,
             },
         )))
         .await

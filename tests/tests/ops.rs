@@ -384,13 +384,33 @@ async fn poison_events_are_dead_lettered_and_the_projector_moves_on() {
     );
     assert_eq!(refused.4.as_deref(), Some(unappliable.encode().as_slice()));
 
-    // verify agrees with the projection and lists what was set aside.
+    // verify agrees with the projection, lists what was set aside, and fails while those
+    // dead letters are not accepted: each is an event missing from the projection.
     let (code, out, err) = chatctl(&env, &["verify"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("FAIL: 2 dead-lettered event(s)"), "{out}");
+    assert!(out.contains("--accept-dead-letter"), "{out}");
+    let garbage_at = format!("{garbage_partition}:{garbage_offset}");
+    let (code, out, _) = chatctl(&env, &["verify", "--accept-dead-letter", &garbage_at]).await;
+    assert_eq!(code, 1, "one is still not accepted: {out}");
+    let refused_at = format!("{}:{}", refused.0, refused.1);
+    let (code, out, err) = chatctl(
+        &env,
+        &[
+            "verify",
+            "--accept-dead-letter",
+            &garbage_at,
+            "--accept-dead-letter",
+            &refused_at,
+        ],
+    )
+    .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("2 dead-lettered event(s)"), "{out}");
+    assert!(out.contains("(accepted)"), "{out}");
     assert!(
         out.contains(&format!(
-            "partition {garbage_partition} offset {garbage_offset}: the record is not an event envelope"
+            "partition {garbage_partition} offset {garbage_offset} (accepted): the record is not an event envelope"
         )),
         "{out}"
     );
@@ -610,4 +630,356 @@ async fn projection_digest(pool: &PgPool) -> Vec<(String, i64, String)> {
     let mut tables = PROJECTION_TABLES.to_vec();
     tables.push(("projector_positions", "topic, partition"));
     table_digest(pool, &tables).await
+}
+
+/// The tables as they are now, copied into `schema` (a backup).
+async fn back_up(pool: &PgPool, schema: &str) {
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(pool)
+        .await
+        .unwrap();
+    for (table, _) in PROJECTION_TABLES
+        .iter()
+        .chain([&("projector_positions", "")])
+    {
+        sqlx::query(&format!(
+            "CREATE TABLE {schema}.{table} AS SELECT * FROM public.{table}"
+        ))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// Puts a backup taken with [`back_up`] back in place of the tables, in one transaction.
+async fn restore(pool: &PgPool, schema: &str) {
+    let mut tx = pool.begin().await.unwrap();
+    let tables: Vec<&str> = PROJECTION_TABLES
+        .iter()
+        .map(|(t, _)| *t)
+        .chain(["projector_positions"])
+        .collect();
+    sqlx::query(&format!("TRUNCATE {}", tables.join(", ")))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for table in tables {
+        sqlx::query(&format!(
+            "INSERT INTO public.{table} SELECT * FROM {schema}.{table}"
+        ))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+/// The stored positions summed.
+async fn stored_total(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Postgres, not Kafka's committed offsets, decides where the projector reads (issue 11):
+/// with the tables put back to an older copy, a restarted projector (whose committed offsets
+/// are ahead) and a running one (which notices at its next batch) both fold exactly the
+/// missing events again, and the tables equal a fresh fold of the log.
+#[tokio::test]
+async fn a_restored_projection_is_refolded_from_its_own_positions() {
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    let conversations: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
+    let all: Vec<Envelope> = conversations
+        .iter()
+        .map(|c| created(*c, &["ann", "ben", "cat", "dan"]))
+        .chain(history(&conversations, 3))
+        .collect();
+    append_all(&env, &all).await;
+    let mut projector = env.spawn_projector().await;
+    wait_caught_up(&env, &pool).await;
+    back_up(&pool, "backup_a").await;
+    let backed_up = stored_total(&pool).await;
+
+    // More is projected after the copy, and Kafka hears how far (the hint is committed at
+    // most once a second, and on a graceful stop).
+    append_all(&env, &history(&conversations, 3)).await;
+    wait_caught_up(&env, &pool).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    append_all(&env, &history(&conversations[..1], 1)).await;
+    wait_caught_up(&env, &pool).await;
+    projector.terminate(Duration::from_secs(10)).await;
+    let hint: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("group.id", format!("{}-projector", env.name))
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition(&env.topic, p);
+    }
+    let committed: i64 = hint
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .sum();
+    assert!(
+        committed > backed_up,
+        "Kafka's committed offsets ({committed}) are ahead of the backup's positions ({backed_up})"
+    );
+
+    // The old copy is put back; the restarted projector reads from its positions.
+    restore(&pool, "backup_a").await;
+    assert_eq!(stored_total(&pool).await, backed_up);
+    let projector = env.spawn_projector().await;
+    wait_caught_up(&env, &pool).await;
+    assert!(
+        projector
+            .log_tail()
+            .contains("reading from the positions stored in Postgres"),
+        "{}",
+        projector.log_tail()
+    );
+
+    // Put back under a running projector: its next batch starts past the stored positions,
+    // so it reads again from them.
+    back_up(&pool, "backup_b").await;
+    append_all(&env, &history(&conversations, 2)).await;
+    wait_caught_up(&env, &pool).await;
+    restore(&pool, "backup_b").await;
+    append_all(&env, &history(&conversations, 1)).await;
+    wait_caught_up(&env, &pool).await;
+    assert!(
+        projector
+            .log_tail()
+            .contains("reading again from the stored position"),
+        "{}",
+        projector.log_tail()
+    );
+
+    let fresh = TestEnv::new().await;
+    let fresh_pool = fresh.pool().await;
+    let _fresh_projector = fresh.spawn_projector_of(&env.topic).await;
+    wait_caught_up(&env, &fresh_pool).await;
+    assert_eq!(
+        projection_digest(&pool).await,
+        projection_digest(&fresh_pool).await,
+        "the restored projection, refolded, equals a fresh fold"
+    );
+    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// verify checks the projection against the log with code of its own (not the fold), and
+/// names what differs in words.
+#[tokio::test]
+async fn verify_checks_the_log_without_the_fold() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let pool = env.pool().await;
+    let conversations: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    let all: Vec<Envelope> = conversations
+        .iter()
+        .map(|c| created(*c, &["ann", "ben", "cat", "dan"]))
+        .chain(history(&conversations, 6))
+        .collect();
+    append_all(&env, &all).await;
+    wait_caught_up(&env, &pool).await;
+    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK: the log's 18 message(s)"), "{out}");
+
+    // A message lost, a latest message that is not the last, a read marker past the end.
+    let [a, b, c] = [conversations[0], conversations[1], conversations[2]];
+    sqlx::query(
+        "DELETE FROM messages WHERE conversation_id = $1
+            AND seq = (SELECT min(seq) FROM messages WHERE conversation_id = $1)",
+    )
+    .bind(a)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE conversations c SET latest_seq = m.seq, latest_message_id = m.message_id
+           FROM (SELECT seq, message_id FROM messages WHERE conversation_id = $1
+                  ORDER BY seq LIMIT 1) m
+          WHERE c.conversation_id = $1",
+    )
+    .bind(b)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO read_markers (conversation_id, user_id, read_seq) VALUES ($1, 'zed', 1000000)",
+    )
+    .bind(c)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (code, out, err) = chatctl(&env, &["verify", "--max-differences", "50"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("found without the fold"), "{out}");
+    assert!(
+        out.contains("is in the log but missing from the projection"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "conversation {a} has 6 message(s) in the log but 5 in the projection"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("conversation {b}: its latest message is message")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "conversation {c}: zed has read up to log offset 1000000, past its latest message"
+        )),
+        "{out}"
+    );
+}
+
+/// An event of a schema version newer than this build knows stops its partition's projection
+/// (it is not malformed: a newer build wrote it) and `/readyz` names it; other partitions
+/// carry on, and a version-1 `ConversationCreated` of the first release is upcast (issue 11).
+#[tokio::test]
+async fn an_event_from_a_newer_build_stops_its_partition() {
+    let env = TestEnv::new().await;
+    let projector = env.spawn_projector().await;
+    let pool = env.pool().await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let raw = |conversation: Uuid, version: u32, extra: &str| {
+        format!(
+            r#"{{"type":"ConversationCreated","version":{version},"eventId":"{}","acceptedAt":"2021-09-26T10:33:11.123Z","data":{{"conversationId":"{conversation}","createdBy":"ann","participants":["ann","ben"],"isGroup":false,"title":""{extra}}}}}"#,
+            Uuid::new_v4()
+        )
+    };
+    let produce = |conversation: Uuid, payload: String| {
+        let producer = producer.clone();
+        let key = conversation.to_string();
+        let topic = env.topic.clone();
+        async move {
+            let delivered = producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            (delivered.partition, delivered.offset)
+        }
+    };
+
+    // As the first release wrote it: version 1, upcast to version 2 when read.
+    let old = Uuid::new_v4();
+    produce(old, raw(old, 1, "")).await;
+    let writer = env.writer();
+    let stuck = Uuid::new_v4();
+    let at = writer
+        .append(&created(stuck, &["ann", "ben"]))
+        .await
+        .unwrap();
+    writer
+        .append(&message(stuck, "ann", "before"))
+        .await
+        .unwrap();
+    // From a newer build: version 3 of the type, with a field this build has never seen.
+    let (partition, offset) = produce(stuck, raw(stuck, 3, r#","mood":"sunny""#)).await;
+    assert_eq!(partition, at.partition);
+    writer
+        .append(&message(stuck, "ann", "after"))
+        .await
+        .unwrap();
+    // Conversations of the other partitions.
+    let mut elsewhere = Vec::new();
+    while elsewhere.len() < 3 {
+        let c = Uuid::new_v4();
+        if writer
+            .append(&created(c, &["ann", "ben"]))
+            .await
+            .unwrap()
+            .partition
+            != partition
+        {
+            writer
+                .append(&message(c, "ann", "elsewhere"))
+                .await
+                .unwrap();
+            elsewhere.push(c);
+        }
+    }
+
+    wait_for(
+        &pool,
+        "SELECT count(*) FROM messages WHERE content = 'elsewhere'",
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for(
+        &pool,
+        &format!("SELECT count(*) FROM conversations WHERE conversation_id = '{old}'"),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let response = client.get(projector.url("/readyz")).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap();
+        if status == 503 && body["details"]["projection"].is_string() {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["dependencies"]["projection"], false, "{body}");
+    let reason = body["details"]["projection"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("partition {partition} stopped at offset {offset}")),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("ConversationCreated v3 is newer than this build knows (v2)"),
+        "{reason}"
+    );
+
+    // Nothing after it in its partition is applied, and it is not a dead letter.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let contents: Vec<String> =
+        sqlx::query_scalar("SELECT content FROM messages WHERE conversation_id = $1 ORDER BY seq")
+            .bind(stuck)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(contents, ["before"]);
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT next_offset FROM projector_positions WHERE topic = $1 AND partition = $2",
+    )
+    .bind(&env.topic)
+    .bind(partition)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, offset, "the partition waits on the newer event");
+    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("No dead-lettered events."), "{out}");
 }

@@ -863,3 +863,107 @@ fn resolve(doc: &Value, schema: &Value) -> Value {
     }
     schema.clone()
 }
+
+/// `POST /conversation` with `Idempotency-Key` (issue 11): a retry answers with the first
+/// conversation, the same key with another body is a 422, a keyed group's id is derived from
+/// (creator, key), and requests without a key behave as before.
+#[tokio::test]
+async fn idempotency_key_makes_create_conversation_retryable() {
+    let rest = Rest::start().await;
+    let http = reqwest::Client::new();
+    let post = |user: &str, key: Option<&str>, body: Value| {
+        let mut request = http
+            .post(format!("{}/conversation", rest.base))
+            .header("Authorization", rest.env.token(user))
+            .json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        async move {
+            let response = request.send().await.expect("POST");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let group = json!({"recipientIdArr": ["bob", "cy"], "isGroup": true, "title": "Trip"});
+
+    let (status, first) = post("alice", Some("k-1"), group.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let id = first["conversationId"].as_str().unwrap().to_owned();
+    assert_eq!(id, events::keyed_group_id("alice", "k-1").to_string());
+    // Retries, one after another and several at once: the same group.
+    let (status, again) = post("alice", Some("k-1"), group.clone()).await;
+    assert_eq!((status, &again), (200, &first));
+    let answers = join_all((0..4).map(|_| post("alice", Some("k-1"), group.clone()))).await;
+    for (status, answer) in answers {
+        assert_eq!((status, &answer), (200, &first));
+    }
+    // Quoted as the draft's examples write it: the same key.
+    let (status, quoted) = post("alice", Some("\"k-1\""), group.clone()).await;
+    assert_eq!((status, &quoted), (200, &first));
+
+    // The same key with another body: 422 with a JSON error, nothing created.
+    let other = json!({"recipientIdArr": ["bob", "cy"], "isGroup": true, "title": "Other"});
+    let (status, error) = post("alice", Some("k-1"), other).await;
+    assert_eq!(status, 422, "{error}");
+    assert_eq!(error["error"], "idempotency_key_reused");
+    let direct = json!({"recipientIdArr": ["bob"], "isGroup": false});
+    let (status, _) = post("alice", Some("k-1"), direct.clone()).await;
+    assert_eq!(status, 422);
+
+    // The same key from another user is another request.
+    let (status, bobs) = post(
+        "bob",
+        Some("k-1"),
+        json!({"recipientIdArr": ["alice", "cy"], "isGroup": true, "title": "Trip"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_ne!(bobs, first);
+
+    // A direct conversation under a key: the pair's id; the key then names that request.
+    let (status, pair) = post("alice", Some("k-2"), direct.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        pair["conversationId"],
+        events::direct_conversation_id("alice", "bob").to_string()
+    );
+    assert_eq!(
+        post("alice", Some("k-2"), direct.clone()).await,
+        (200, pair.clone())
+    );
+    let (status, _) = post(
+        "alice",
+        Some("k-2"),
+        json!({"recipientIdArr": ["dee"], "isGroup": false}),
+    )
+    .await;
+    assert_eq!(status, 422);
+
+    // Without a key, as before: every group request is a new group.
+    let (_, a) = post("alice", None, group.clone()).await;
+    let (_, b) = post("alice", None, group.clone()).await;
+    assert_ne!(a, b);
+    assert_ne!(a, first);
+
+    // Keys that are not keys.
+    for bad in ["", &"k".repeat(256), "tab\there"] {
+        let (status, error) = post("alice", Some(bad), group.clone()).await;
+        assert_eq!(status, 400, "{bad:?}: {error}");
+    }
+
+    // Exactly one group under k-1, readable by its participants.
+    let pool = rest.env.pool().await;
+    let groups: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM conversations WHERE created_by = 'alice' AND title = 'Trip'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(groups, 3, "k-1's group and the two without a key");
+    let (status, _) = rest.client("cy").get(&format!("/conversations/{id}")).await;
+    assert_eq!(status, 200);
+}

@@ -121,6 +121,7 @@ async fn conversation(env: &TestEnv, participants: &[&str]) -> Uuid {
                 } else {
                     String::new()
                 },
+                idempotency_key: None,
             },
         )))
         .await
@@ -884,4 +885,163 @@ async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_mes
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The `messageId` of a send is named by (sender, conversation, tempMessageId): a retry after
+/// an unknown outcome (the edge died between Kafka's acknowledgement and Redis's record, or
+/// Redis lost the record) appends the same message again, and it is still one message
+/// everywhere, with the first attempt's `sentAt` (issue 11).
+#[tokio::test]
+async fn a_retry_after_an_unknown_outcome_is_still_one_message() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let edge = env.spawn_edge().await;
+    let id = conversation(&env, &["alice", "bob"]).await;
+    let mut redis = redis(&env).await;
+    let record = |temp: &str| format!("{}sent:{{alice}}:{id}:{temp}", env.redis_prefix);
+
+    let mut alice = Client::connect(&env, &edge, "alice").await;
+    let mut bob = Client::connect(&env, &edge, "bob").await;
+    alice.send_message(id, "first", "u1").await;
+    let original = alice.next().await;
+    assert_eq!(bob.next().await, original);
+    assert_eq!(
+        original["messageId"],
+        events::message_id("alice", id, "u1").to_string()
+    );
+
+    // As if the edge died after Kafka's acknowledgement, before Redis heard of it: the record
+    // still says "in flight" and no lease is held. The client reconnects and retries.
+    let sent_at = original["sentAt"].as_str().unwrap().to_owned();
+    // (The echo can precede the record's confirmation: wait for it, then undo it.)
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(record("u1"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if value.is_some_and(|v| v.starts_with("d:")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never confirmed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _: () = redis::cmd("SET")
+        .arg(record("u1"))
+        .arg(format!("p:{sent_at}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut again = Client::connect(&env, &edge, "alice").await;
+    again.send_message(id, "first", "u1").await;
+    assert_eq!(
+        again.next().await,
+        original,
+        "the echo of the first attempt"
+    );
+    bob.expect_silence(Duration::from_millis(700)).await;
+    alice.expect_silence(Duration::from_millis(10)).await;
+
+    // As if Redis lost the record altogether: the retry appends with a sentAt of its own, but
+    // the message is the same, and every frame of it says the first sentAt.
+    let _: () = redis::cmd("DEL")
+        .arg(record("u1"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut third = Client::connect(&env, &edge, "alice").await;
+    third.send_message(id, "first", "u1").await;
+    assert_eq!(third.next().await, original);
+    bob.expect_silence(Duration::from_millis(700)).await;
+    again.expect_silence(Duration::from_millis(10)).await;
+
+    // Three events of the message in the log, one message in history, the first sentAt.
+    let pool = env.pool().await;
+    let api = env.spawn_api().await;
+    let rest = RestClient::new(api.url(""), env.token("bob"));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let (status, history) = loop {
+        let seen: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        // The conversation, then three MessageSent.
+        if seen >= 4 {
+            break rest.get(&format!("/conversations/{id}/messages")).await;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not projected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 200);
+    let history = history.as_array().unwrap().clone();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["messageId"], original["messageId"]);
+    assert_eq!(history[0]["sentAt"], original["sentAt"]);
+}
+
+/// A participant look-up that fails (a database blip) is retried with backoff, and the
+/// deliveries come late but in order; when the database stays away past the patience, the
+/// connections are closed (1011) instead of being left believing they missed nothing.
+#[tokio::test]
+async fn a_failed_participant_look_up_is_retried_then_the_connections_are_closed() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let edge = env.spawn_edge().await;
+    let pool = env.pool().await;
+    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let writer = env.writer();
+
+    // A blip of two seconds: the participants table is away, then back.
+    let id = conversation(&env, &["alice", "bob"]).await;
+    sqlx::query("ALTER TABLE participants RENAME TO participants_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        writer
+            .append(&chat_tests::fixtures::message(
+                id,
+                "alice",
+                &format!("m{i}"),
+            ))
+            .await
+            .unwrap();
+    }
+    bob.expect_silence(Duration::from_secs(2)).await;
+    sqlx::query("ALTER TABLE participants_away RENAME TO participants")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(bob.next().await["content"], format!("m{i}"), "in log order");
+    }
+
+    // Away for longer than the edge's patience: bob's connection is closed, not left waiting.
+    let other = conversation(&env, &["alice", "bob"]).await;
+    sqlx::query("ALTER TABLE participants RENAME TO participants_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    writer
+        .append(&chat_tests::fixtures::message(other, "alice", "lost"))
+        .await
+        .unwrap();
+    let code = bob.close_code(Duration::from_secs(25)).await;
+    sqlx::query("ALTER TABLE participants_away RENAME TO participants")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1011));
+
+    // The client reconnects and carries on.
+    let mut bob = Client::connect(&env, &edge, "bob").await;
+    writer
+        .append(&chat_tests::fixtures::message(other, "alice", "after"))
+        .await
+        .unwrap();
+    assert_eq!(bob.next().await["content"], "after");
 }

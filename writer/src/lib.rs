@@ -93,6 +93,27 @@ impl ClientContext for WriterContext {
     }
 }
 
+/// How long Kafka has to acknowledge a record once it is queued (librdkafka's
+/// `message.timeout.ms`, retries included).
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest an append waits for room in the producer's queue.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Longest the probe of a log marked down may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The slowest possible append: the probe, the wait for room in the queue, the delivery
+/// timeout, and a second for librdkafka's timeout scan. [`Writer::append`] never takes longer
+/// (it gives up then, whatever Kafka does later), so whoever waits for an append in flight
+/// (a retried send, say) knows when it has ended.
+pub const LONGEST_APPEND: Duration = Duration::from_millis(
+    PROBE_TIMEOUT.as_millis() as u64
+        + QUEUE_TIMEOUT.as_millis() as u64
+        + DELIVERY_TIMEOUT.as_millis() as u64
+        + 1_000,
+);
+
 /// Appends events to the log.
 #[derive(Clone)]
 pub struct Writer {
@@ -107,7 +128,7 @@ impl Writer {
     /// A writer for `args.topic`. Connecting is lazy: an unreachable broker surfaces as append
     /// errors and as not-ready, never as a crash.
     pub fn new(args: &KafkaArgs) -> Result<Self, KafkaError> {
-        let delivery_timeout = Duration::from_secs(10);
+        let delivery_timeout = DELIVERY_TIMEOUT;
         let connectivity = Arc::new(Connectivity::default());
         let producer = ClientConfig::new()
             .set("bootstrap.servers", &args.brokers)
@@ -158,10 +179,14 @@ impl Writer {
         }
         let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
         let started = Instant::now();
-        let outcome = self
-            .producer
-            .send(record, Timeout::After(self.delivery_timeout))
-            .await;
+        let send = self.producer.send(record, Timeout::After(QUEUE_TIMEOUT));
+        // librdkafka times the record out first; this bound holds whatever it does.
+        let outcome = tokio::time::timeout(LONGEST_APPEND - PROBE_TIMEOUT, send)
+            .await
+            .map(|sent| sent.map_err(|(e, _)| e))
+            .unwrap_or(Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut,
+            )));
         metrics::histogram!("chat_append_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(delivery) => {
@@ -171,7 +196,7 @@ impl Writer {
                     offset: delivery.offset,
                 })
             }
-            Err((source, _)) => {
+            Err(source) => {
                 metrics::counter!("chat_append_failures_total", "type" => type_name).increment(1);
                 tracing::warn!(error = %source, event = type_name, "append failed");
                 Err(AppendError::Unacknowledged {
@@ -189,7 +214,7 @@ impl Writer {
         if self.connectivity.probing.swap(true, Ordering::AcqRel) {
             return false;
         }
-        let reachable = self.answers_metadata(Duration::from_millis(500)).await;
+        let reachable = self.answers_metadata(PROBE_TIMEOUT).await;
         self.connectivity.probing.store(false, Ordering::Release);
         reachable
     }

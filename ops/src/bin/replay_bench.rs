@@ -231,6 +231,7 @@ fn generate(i: u64, conversations: u64) -> Envelope {
             } else {
                 String::new()
             },
+            idempotency_key: None,
         })
     } else {
         // A multiplicative hash (its high bits) spreads consecutive events over the
