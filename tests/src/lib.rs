@@ -38,8 +38,13 @@ fn env_or(name: &str, default: &str) -> String {
 impl TestEnv {
     /// A fresh topic (4 partitions, and its dead-letter topic) and a fresh migrated database.
     pub async fn new() -> Self {
+        Self::on_brokers(&env_or("KAFKA_BROKERS", "127.0.0.1:9092")).await
+    }
+
+    /// [`TestEnv::new`] on another Kafka cluster (e.g. a replicated one a test started).
+    pub async fn on_brokers(brokers: &str) -> Self {
         let name = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let brokers = env_or("KAFKA_BROKERS", "127.0.0.1:9092");
+        let brokers = brokers.to_owned();
         let admin_url = env_or("DATABASE_URL", "postgres://chat:chat@127.0.0.1:5432/chat");
         let redis_url = env_or("REDIS_URL", "redis://127.0.0.1:6379");
         let topic = format!("test.{name}.events");
