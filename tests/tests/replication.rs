@@ -133,10 +133,11 @@ async fn next_frame(ws: &mut Ws, patience: Duration) -> Option<Value> {
     }
 }
 
-/// One acknowledged send: its id, and when its echo arrived.
+/// One acknowledged send: its id, when its echo arrived, and how many attempts it took.
 struct Ack {
     message_id: String,
     at: Instant,
+    attempts: usize,
 }
 
 /// Sends `temp` until its echo arrives, retrying the same `tempMessageId` after an error frame
@@ -146,7 +147,7 @@ async fn send_until_acknowledged(ws: &mut Ws, conversation: Uuid, temp: &str) ->
         "action": "send-message", "conversationId": conversation,
         "content": format!("message {temp}"), "tempMessageId": temp,
     });
-    for _attempt in 0..20 {
+    for attempt in 1..=20 {
         ws.send(Message::text(frame.to_string())).await.unwrap();
         loop {
             match next_frame(ws, Duration::from_secs(15)).await {
@@ -154,6 +155,7 @@ async fn send_until_acknowledged(ws: &mut Ws, conversation: Uuid, temp: &str) ->
                     return Ack {
                         message_id: f["messageId"].as_str().unwrap().to_owned(),
                         at: Instant::now(),
+                        attempts: attempt,
                     };
                 }
                 // The echo of an earlier attempt of an earlier message: already counted.
@@ -239,8 +241,9 @@ async fn killing_a_partition_leader_under_load_loses_and_doubles_nothing() {
         .unwrap();
     eprintln!(
         "leader {leader} killed: longest pause in acknowledgements {pause:?}; \
-         {} messages acknowledged after the kill",
-        acks.len() - before_kill
+         {} messages acknowledged after the kill, {} sends retried",
+        acks.len() - before_kill,
+        acks.iter().filter(|a| a.attempts > 1).count()
     );
 
     // The killed node rejoins; sends go on.
