@@ -5,6 +5,7 @@
 //! The stack's addresses come from the same environment variables the services read
 //! (`KAFKA_BROKERS`, `DATABASE_URL`, `REDIS_URL`), with the local stack's defaults.
 
+pub mod chaos;
 pub mod fixtures;
 
 use std::net::{SocketAddr, TcpListener};
@@ -41,8 +42,13 @@ fn env_or(name: &str, default: &str) -> String {
 impl TestEnv {
     /// A fresh topic (4 partitions, and its dead-letter topic) and a fresh migrated database.
     pub async fn new() -> Self {
+        Self::on_brokers(&env_or("KAFKA_BROKERS", "127.0.0.1:9092")).await
+    }
+
+    /// [`TestEnv::new`] on another Kafka cluster (e.g. a replicated one a test started).
+    pub async fn on_brokers(brokers: &str) -> Self {
         let name = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let brokers = env_or("KAFKA_BROKERS", "127.0.0.1:9092");
+        let brokers = brokers.to_owned();
         let admin_url = env_or("DATABASE_URL", "postgres://chat:chat@127.0.0.1:5432/chat");
         let redis_url = env_or("REDIS_URL", "redis://127.0.0.1:6379");
         let topic = format!("test.{name}.events");
@@ -323,22 +329,27 @@ pub fn free_addr() -> SocketAddr {
 
 /// The target directory the tests run from (`target/debug`'s parent).
 fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/debug/deps/<test> → target
-    exe.parent()
-        .and_then(|p| p.parent())
-        .and_then(|p| p.parent())
-        .expect("target dir")
+    profile_dir()
+        .parent()
+        .expect("the target directory")
         .to_path_buf()
+}
+
+/// `target/debug`: where the workspace binaries are, whether this program is a test
+/// (`target/debug/deps/<test>`) or a binary of its own (`target/debug/<bin>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("this program's path");
+    let dir = exe.parent().expect("this program's folder");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target/debug").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// A workspace binary next to the tests (`target/debug/<name>`).
 pub fn binary_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    exe.parent()
-        .and_then(|p| p.parent())
-        .expect("target/debug")
-        .join(name)
+    profile_dir().join(name)
 }
 
 /// The same URL with another database name.
