@@ -3,6 +3,7 @@
 
 use events::admission::{self, Flaw};
 use events::{MAX_CONTENT_CHARS, Timestamp};
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -10,21 +11,52 @@ use uuid::Uuid;
 /// Longest accepted `tempMessageId`, in Unicode characters: it is part of a Redis key.
 pub use events::MAX_TEMP_MESSAGE_ID_CHARS;
 
-/// A valid client frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A valid client frame. Its serialisation is the frame on the wire, and its JSON Schema is
+/// what the AsyncAPI document says a client may send ([`parse`] is the reader: it names the
+/// field of a refusal precisely). Fields it does not know are ignored, so they are allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(
+    tag = "action",
+    rename_all = "kebab-case",
+    rename_all_fields = "camelCase"
+)]
 pub enum Command {
+    /// Keeps the connection's registration alive; nothing is answered. The extension sends one
+    /// every 5 minutes.
     Heartbeat,
+    /// Appends a message to a conversation of which the sender is a participant. Answered by
+    /// the `new-message` frame of the message (from the log, to every connection of every
+    /// participant, this one included), or by an `error` frame.
     SendMessage(SendMessage),
+    /// Marks every message of the conversation read for the sender. Answered by a
+    /// `read-messages` frame to every connection of the reader (even when nothing was unread),
+    /// or by an `error` frame.
     ReadMessages { conversation_id: Uuid },
 }
 
 /// A valid `send-message` frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct SendMessage {
     pub conversation_id: Uuid,
+    /// 1 to 1000 Unicode characters, not all whitespace (Unicode `White_Space`), no U+0000;
+    /// every other character is stored and delivered exactly as sent.
+    #[schemars(length(min = 1, max = MAX_CONTENT_CHARS), pattern(CONTENT_PATTERN))]
     pub content: String,
+    /// The client's own id of its optimistic copy, echoed in the `new-message` frame. A retry
+    /// with the same `tempMessageId` is the same message.
+    #[schemars(length(min = 1, max = MAX_TEMP_MESSAGE_ID_CHARS), pattern(NO_NUL_PATTERN))]
     pub temp_message_id: String,
 }
+
+/// `content` as a regular expression (ECMA-262, as JSON Schema's `pattern`): no U+0000, and at
+/// least one character outside Unicode `White_Space` (what `str::trim` removes: U+0009..U+000D,
+/// U+0020, U+0085, U+00A0, U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000).
+/// The unit tests hold it to `events::admission::content` for every character.
+pub const CONTENT_PATTERN: &str = r"^[^\u0000]*[^\u0000\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000]*$";
+
+/// Any text of the log: no U+0000.
+pub const NO_NUL_PATTERN: &str = r"^[^\u0000]*$";
 
 /// Why a client frame was refused: becomes an `error` frame on that connection only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,17 +71,22 @@ pub struct Rejection {
 }
 
 /// The stable `code` of an `error` frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Code {
     /// The frame is not JSON.
     InvalidJson,
     /// The frame is JSON but not an object, or a binary frame.
     InvalidFrame,
+    /// `action` is none of `heartbeat`, `send-message`, `read-messages`.
     UnknownAction,
+    /// `action`, `conversationId`, `content` or `tempMessageId` is missing (the message names
+    /// it).
     MissingField,
+    /// A field has the wrong type, `conversationId` is not a UUID, or `tempMessageId` is empty,
+    /// over 200 characters or holds U+0000.
     InvalidField,
-    /// `content` breaks the log's rule: blank, longer than [`MAX_CONTENT_CHARS`], or holding
-    /// U+0000.
+    /// `content` breaks the log's rule: blank, over 1000 characters, or holding U+0000.
     InvalidContent,
     /// No such conversation, or the sender is not one of its participants: one answer for both,
     /// so that a stranger cannot tell who talks to whom.
@@ -60,6 +97,22 @@ pub enum Code {
     Unavailable,
     /// The user's budget for this action is spent (`retryAfterMs` says for how long).
     RateLimited,
+}
+
+impl Code {
+    /// Every code, for the document and the tests.
+    pub const ALL: [Code; 10] = [
+        Code::InvalidJson,
+        Code::InvalidFrame,
+        Code::UnknownAction,
+        Code::MissingField,
+        Code::InvalidField,
+        Code::InvalidContent,
+        Code::UnknownConversation,
+        Code::SendInProgress,
+        Code::Unavailable,
+        Code::RateLimited,
+    ];
 }
 
 impl Code {
@@ -120,7 +173,7 @@ impl Rejection {
     /// The `error` frame sent back.
     pub fn to_frame(&self) -> String {
         to_json(&ServerFrame::Error {
-            code: self.code.as_str(),
+            code: self.code,
             message: &self.message,
             temp_message_id: self.temp_message_id.as_deref(),
             conversation_id: self.conversation_id.as_deref(),
@@ -207,34 +260,52 @@ fn uuid_field(frame: &Map<String, Value>, name: &str) -> Result<Uuid, Rejection>
         .map_err(|_| Rejection::new(Code::InvalidField, format!("Invalid '{name}': not a UUID")))
 }
 
-/// Every frame the edge sends.
-#[derive(Serialize)]
+/// Every frame the edge sends. Its JSON Schema is what the AsyncAPI document says a client
+/// receives; old clients ignore frame types and fields they do not know.
+#[derive(Serialize, JsonSchema)]
 #[serde(
     tag = "type",
     rename_all = "kebab-case",
     rename_all_fields = "camelCase"
 )]
+#[schemars(deny_unknown_fields)]
 pub enum ServerFrame<'a> {
+    /// A message of a conversation, from the log: to every open connection of every
+    /// participant, the sender's own connections included (the sender's tab matches
+    /// `tempMessageId` to replace its optimistic copy). Each connection gets a message once.
     NewMessage {
+        /// A UUIDv5 of (sender, conversation, `tempMessageId`): a retried send is the same
+        /// message.
         message_id: Uuid,
         temp_message_id: &'a str,
         conversation_id: Uuid,
         sender_id: &'a str,
         content: &'a str,
+        /// The same string in every frame and REST response of the message.
         sent_at: Timestamp,
     },
+    /// The user read the conversation: to every open connection of the reader and no one
+    /// else's, always, even when nothing was unread.
     ReadMessages {
         conversation_id: Uuid,
         user_id: &'a str,
     },
+    /// A client frame was refused: to the connection that sent it only, which stays open.
     Error {
-        code: &'static str,
+        code: Code,
+        /// For people; its wording may change.
         message: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        /// The rejected frame's, when it had one as a string.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        #[schemars(with = "String")]
         temp_message_id: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        /// The rejected frame's (not necessarily a UUID), when it had one as a string.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        #[schemars(with = "String")]
         conversation_id: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        /// With `rate_limited`: milliseconds until the next frame of this kind fits.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        #[schemars(with = "u64")]
         retry_after_ms: Option<u64>,
     },
 }
@@ -371,5 +442,61 @@ mod tests {
             read,
             format!(r#"{{"type":"read-messages","conversationId":"{id}","userId":"bob"}}"#)
         );
+    }
+
+    #[test]
+    fn every_command_is_read_back_from_its_serialisation() {
+        let conversation_id = Uuid::new_v4();
+        for command in [
+            Command::Heartbeat,
+            Command::SendMessage(SendMessage {
+                conversation_id,
+                content: "hi 👋".into(),
+                temp_message_id: "t1".into(),
+            }),
+            Command::ReadMessages { conversation_id },
+        ] {
+            let frame = serde_json::to_string(&command).unwrap();
+            assert_eq!(parse(&frame), Ok(command), "{frame}");
+        }
+    }
+
+    /// The document's patterns say what `events::admission` says, character for character
+    /// (every character a blank could be made of, U+0000, and a sample of the rest).
+    #[test]
+    fn the_documented_patterns_are_the_log_rule() {
+        let content = jsonschema::validator_for(&serde_json::json!({
+            "type": "string", "pattern": CONTENT_PATTERN
+        }))
+        .unwrap();
+        let temp = jsonschema::validator_for(&serde_json::json!({
+            "type": "string", "pattern": NO_NUL_PATTERN
+        }))
+        .unwrap();
+        let sample = (0..=0x3100u32).chain((0x3100..=0x10FFFF).step_by(97));
+        let mut whitespace = 0;
+        for c in sample.filter_map(char::from_u32) {
+            whitespace += usize::from(c.is_whitespace());
+            for text in [
+                c.to_string(),
+                format!("{c}{c}"),
+                format!(" {c}\t"),
+                format!("x{c}"),
+            ] {
+                let value = Value::String(text.clone());
+                assert_eq!(
+                    content.is_valid(&value),
+                    admission::content(&text).is_ok(),
+                    "content {text:?} (U+{:04X})",
+                    c as u32
+                );
+                assert_eq!(
+                    temp.is_valid(&value),
+                    admission::temp_message_id(&text).is_ok(),
+                    "tempMessageId {text:?}"
+                );
+            }
+        }
+        assert_eq!(whitespace, 25, "every White_Space character was tried");
     }
 }

@@ -12,6 +12,7 @@
 //!
 //! Every limit is an environment variable of [`EdgeArgs`], documented in docs/websocket.md.
 
+pub mod asyncapi;
 pub mod connection;
 pub mod delivery;
 pub mod frames;

@@ -20,7 +20,7 @@ use crate::Edge;
 use crate::connection;
 
 /// The whole HTTP surface: the WebSocket path under the base path (with and without its
-/// trailing slash), and `health` (the operational routes this listener carries, see
+/// trailing slash), the AsyncAPI document at `<base>/asyncapi.json`, and `health` (the operational routes this listener carries, see
 /// [`telemetry::serve_health`]) at the root.
 pub fn app(edge: Arc<Edge>, base_path: &str, health: Router) -> Router {
     let ws = Router::new().route(
@@ -32,10 +32,19 @@ pub fn app(edge: Arc<Edge>, base_path: &str, health: Router) -> Router {
     } else {
         ws.route(&format!("{base_path}/"), get(connection::upgrade))
     };
-    ws.with_state(edge)
+    ws.route(&format!("{base_path}/asyncapi.json"), get(asyncapi))
+        .with_state(edge)
         .merge(health)
         .fallback(|| async { not_found() })
         .method_not_allowed_fallback(|| async { method_not_allowed() })
+}
+
+/// The published AsyncAPI document (socket-edge/asyncapi.json), as built in.
+async fn asyncapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::asyncapi::PUBLISHED,
+    )
 }
 
 /// Errors outside the WebSocket path are JSON like every other error of the service.

@@ -5,6 +5,7 @@
 //! The stack's addresses come from the same environment variables the services read
 //! (`KAFKA_BROKERS`, `DATABASE_URL`, `REDIS_URL`), with the local stack's defaults.
 
+pub mod asyncapi;
 pub mod chaos;
 pub mod fixtures;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chat_tests::{RestClient, Service, TestEnv};
+use chat_tests::{RestClient, Service, TestEnv, asyncapi};
 use events::{ConversationCreated, Envelope, Event};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -15,7 +15,9 @@ use uuid::Uuid;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A WebSocket client of one user.
+/// A WebSocket client of one user. Every frame it sends with [`Client::send`] and every text
+/// frame it receives must be a message of the AsyncAPI document (`socket-edge/asyncapi.json`);
+/// [`Client::send_text`] sends anything, for the tests of refusals.
 struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
@@ -37,6 +39,9 @@ impl Client {
     }
 
     async fn send(&mut self, frame: Value) {
+        if let Err(e) = asyncapi::check_client_frame(&frame) {
+            panic!("the AsyncAPI document does not describe the frame {frame}:\n{e}");
+        }
         self.ws
             .send(Message::text(frame.to_string()))
             .await
@@ -72,9 +77,7 @@ impl Client {
                 .await
                 .ok()?;
             match frame {
-                Some(Ok(Message::Text(text))) => {
-                    return Some(serde_json::from_str(&text).expect("frames are JSON"));
-                }
+                Some(Ok(Message::Text(text))) => return Some(received(&text)),
                 Some(Ok(Message::Close(frame))) => panic!("closed by the server: {frame:?}"),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => panic!("connection failed: {e}"),
@@ -97,11 +100,21 @@ impl Client {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => panic!("no close within {patience:?}"),
                 Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(Message::Text(text)))) => drop(received(&text)),
                 Ok(Some(Ok(_))) => continue,
                 Ok(Some(Err(_)) | None) => return None,
             }
         }
     }
+}
+
+/// A text frame from the edge, as JSON; panics unless the AsyncAPI document describes it.
+fn received(text: &str) -> Value {
+    let frame: Value = serde_json::from_str(text).expect("frames are JSON");
+    if let Err(e) = asyncapi::check_server_frame(&frame) {
+        panic!("the AsyncAPI document does not describe the received frame {frame}:\n{e}");
+    }
+    frame
 }
 
 /// Appends a `ConversationCreated` and waits until the projection (and so the edge) knows it.
@@ -260,6 +273,8 @@ async fn connect_needs_a_valid_token_before_the_upgrade_with_and_without_the_sla
         metrics.contains("chat_open_connections 2"),
         "gauge: {metrics}"
     );
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
 
 #[tokio::test]
@@ -303,6 +318,9 @@ async fn a_message_reaches_every_connection_of_every_participant_from_the_log() 
     bob.send_message(id, "still there?", "b1").await;
     assert_eq!(alice2.next().await["content"], "still there?");
     assert_eq!(bob.next().await["content"], "still there?");
+    // Every event the test appended, directly or through the edge, is in the document: the
+    // conversation and its two messages.
+    assert_eq!(asyncapi::assert_log_conforms(&env), 3);
 }
 
 #[tokio::test]
@@ -328,6 +346,8 @@ async fn two_edges_deliver_to_the_connections_each_holds() {
     let alices = registrations(&env, "alice").await;
     assert_eq!(alices.len(), 2);
     assert_ne!(alices[0].1, alices[1].1, "one connection on each edge");
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
 
 #[tokio::test]
@@ -420,6 +440,16 @@ async fn rejected_frames_get_an_error_on_that_connection_only_and_it_stays_usabl
         ),
     ];
     for (frame, code, temp) in &cases {
+        // The document refuses what the edge refuses for its form; a frame refused for what
+        // the log says (an unknown conversation) is well-formed.
+        let described = serde_json::from_str(frame)
+            .ok()
+            .and_then(|frame| asyncapi::check_client_frame(&frame).ok());
+        assert_eq!(
+            described.is_some(),
+            *code == "unknown_conversation",
+            "{frame}: the document and the edge disagree ({code})"
+        );
         alice.send_text(frame).await;
         let error = alice.next().await;
         assert_eq!(error["type"], "error", "{frame}");
@@ -461,6 +491,8 @@ async fn rejected_frames_get_an_error_on_that_connection_only_and_it_stays_usabl
     assert_eq!(delivered["content"], longest.as_str());
     assert_eq!(bob.next().await["tempMessageId"], "ok");
     assert_eq!(alice_other.next().await["tempMessageId"], "ok");
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
 
 #[tokio::test]
@@ -505,6 +537,8 @@ async fn frames_of_one_connection_are_appended_delivered_and_listed_in_order() {
         assert_eq!(listed["sentAt"], frame["sentAt"]);
         assert_eq!(listed["content"], frame["content"]);
     }
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
 
 #[tokio::test]
@@ -560,6 +594,8 @@ async fn read_messages_reaches_every_connection_of_the_reader_only_and_moves_the
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
 
 #[tokio::test]
@@ -600,6 +636,8 @@ async fn a_retried_send_with_the_same_temp_id_makes_one_message() {
             .await
             .unwrap();
     assert_eq!(messages, 1);
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
 
 #[tokio::test]
@@ -681,6 +719,8 @@ async fn a_slow_client_is_closed_with_4008_and_others_keep_their_pace() {
     .await;
     fast_bob.send(json!({"action": "heartbeat"})).await;
     fast_bob.expect_silence(Duration::from_millis(100)).await;
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
 
 #[tokio::test]
@@ -710,6 +750,8 @@ async fn limits_on_connections_per_user_and_frame_size() {
     })
     .await;
     let _three = Client::connect(&env, &edge, "alice").await;
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
 
 #[tokio::test]
@@ -736,6 +778,8 @@ async fn sigterm_closes_with_1001_unregisters_and_exits() {
     );
     assert_eq!(bob.close_code(PATIENCE).await, Some(1001));
     assert!(redis_keys(&env).await.is_empty(), "Redis entries left");
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
 
 #[tokio::test]
@@ -783,6 +827,8 @@ async fn registrations_are_refreshed_by_heartbeats_and_die_with_a_crashed_edge()
         redis_keys(&env).await.is_empty()
     })
     .await;
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
 
 /// Stops the shared Kafka broker of the local stack (SIGTERM, as an operator would) and starts
@@ -981,6 +1027,8 @@ async fn a_retry_after_an_unknown_outcome_is_still_one_message() {
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(history[0]["messageId"], original["messageId"]);
     assert_eq!(history[0]["sentAt"], original["sentAt"]);
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
 
 /// A participant look-up that fails (a database blip) is retried with backoff, and the
@@ -1044,4 +1092,6 @@ async fn a_failed_participant_look_up_is_retried_then_the_connections_are_closed
         .await
         .unwrap();
     assert_eq!(bob.next().await["content"], "after");
+    // Every event the test appended, directly or through the edge, is in the document.
+    asyncapi::assert_log_conforms(&env);
 }
