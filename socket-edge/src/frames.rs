@@ -15,7 +15,13 @@ pub use events::MAX_TEMP_MESSAGE_ID_CHARS;
 pub enum Command {
     Heartbeat,
     SendMessage(SendMessage),
-    ReadMessages { conversation_id: Uuid },
+    ReadMessages {
+        conversation_id: Uuid,
+    },
+    /// Replay what followed `cursor` (still opaque: it is read against the log's shape).
+    CatchUp {
+        cursor: String,
+    },
 }
 
 /// A valid `send-message` frame.
@@ -60,6 +66,11 @@ pub enum Code {
     Unavailable,
     /// The user's budget for this action is spent (`retryAfterMs` says for how long).
     RateLimited,
+    /// A `catch-up` cursor that is not one, or one of another log.
+    InvalidCursor,
+    /// A `catch-up` that is not the connection's first frame, or comes after the catch-up
+    /// grace: live frames have been sent already; reconnect to catch up.
+    CatchUpTooLate,
 }
 
 impl Code {
@@ -75,6 +86,8 @@ impl Code {
             Code::SendInProgress => "send_in_progress",
             Code::Unavailable => "unavailable",
             Code::RateLimited => "rate_limited",
+            Code::InvalidCursor => "invalid_cursor",
+            Code::CatchUpTooLate => "catch_up_too_late",
         }
     }
 }
@@ -177,6 +190,9 @@ fn parse_object(frame: &Map<String, Value>) -> Result<Command, Rejection> {
         "read-messages" => Ok(Command::ReadMessages {
             conversation_id: uuid_field(frame, "conversationId")?,
         }),
+        "catch-up" => Ok(Command::CatchUp {
+            cursor: string_field(frame, "cursor")?.to_owned(),
+        }),
         other => {
             let shown: String = other.chars().take(50).collect();
             Err(Rejection::new(
@@ -222,10 +238,23 @@ pub enum ServerFrame<'a> {
         sender_id: &'a str,
         content: &'a str,
         sent_at: Timestamp,
+        /// Where this frame stands in the log; always the last field (see `delivery::restamp`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
     },
     ReadMessages {
         conversation_id: Uuid,
         user_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
+    },
+    /// The end of a catch-up: every frame before `cursor` has been sent.
+    CaughtUp { cursor: &'a str },
+    /// A catch-up refused because the gap is too large: read history over REST, then go on
+    /// from `cursor`.
+    CatchUpGap {
+        reason: &'static str,
+        cursor: &'a str,
     },
     Error {
         code: &'static str,
@@ -355,6 +384,7 @@ mod tests {
             sender_id: "alice",
             content: "hi",
             sent_at,
+            cursor: None,
         }
         .to_json();
         let value: Value = serde_json::from_str(&frame).unwrap();
@@ -365,6 +395,7 @@ mod tests {
         let read = ServerFrame::ReadMessages {
             conversation_id: id,
             user_id: "bob",
+            cursor: None,
         }
         .to_json();
         assert_eq!(
