@@ -199,9 +199,15 @@ async fn a_reconnect_to_the_other_edge_gets_exactly_what_it_missed_then_live_fra
 
     // Reconnect to the other edge and catch up while Bob keeps sending: the seam.
     let mut ann = Client::connect(&env, &edge_b, "ann").await;
+    let started = std::time::Instant::now();
     ann.catch_up(&cursor).await;
     burst(&mut bob, &conversations, "during", 100).await;
     let replay = ann.until("caught-up").await;
+    eprintln!(
+        "catch-up: {} frames (about 205 events read back) until caught-up in {:?}",
+        replay.len(),
+        started.elapsed()
+    );
     let caught_up = replay.last().unwrap()["cursor"]
         .as_str()
         .unwrap()
@@ -271,14 +277,15 @@ async fn a_reconnect_to_the_other_edge_gets_exactly_what_it_missed_then_live_fra
 async fn bounds_bad_cursors_and_rate_limits() {
     let env = TestEnv::new().await;
     let _projector = env.spawn_projector().await;
+    // Every edge of a deployment has the same budgets (they share them in Redis).
+    let rates = [
+        ("CHAT_RATE_CATCH_UP_PER_MINUTE", "1"),
+        ("CHAT_RATE_CATCH_UP_BURST", "5"),
+        SENDS[0],
+        SENDS[1],
+    ];
     let edge = env
-        .spawn_edge_with(&[
-            ("CHAT_WS_CATCH_UP_MAX_EVENTS", "20"),
-            ("CHAT_RATE_CATCH_UP_PER_MINUTE", "1"),
-            ("CHAT_RATE_CATCH_UP_BURST", "4"),
-            SENDS[0],
-            SENDS[1],
-        ])
+        .spawn_edge_with(&[&rates[..], &[("CHAT_WS_CATCH_UP_MAX_EVENTS", "20")]].concat())
         .await;
     let c = conversation(&env, &["ann", "bob"]).await;
     let mut bob = Client::connect(&env, &edge, "bob").await;
@@ -297,6 +304,24 @@ async fn bounds_bad_cursors_and_rate_limits() {
     assert_eq!(gap["reason"], "too_many_events");
     assert!(gap["cursor"].as_str().unwrap().starts_with("c1."));
 
+    // Too old: an edge that replays nothing older than a second.
+    let strict = env
+        .spawn_edge_with(&[&rates[..], &[("CHAT_WS_CATCH_UP_MAX_AGE_SECS", "1")]].concat())
+        .await;
+    let mut ann = Client::connect(&env, &strict, "ann").await;
+    let mut bob_strict = Client::connect(&env, &strict, "bob").await;
+    bob_strict.send(send(c, "z-0")).await;
+    let recent = ann.next().await["cursor"].as_str().unwrap().to_owned();
+    drop(ann);
+    bob_strict.send(send(c, "z-1")).await;
+    assert_eq!(bob_strict.until_count(2).await, 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut ann = Client::connect(&env, &strict, "ann").await;
+    ann.catch_up(&recent).await;
+    let old = ann.next().await;
+    assert_eq!(old["type"], "catch-up-gap", "{old}");
+    assert_eq!(old["reason"], "too_old");
+
     // Malformed and foreign cursors.
     for bad in [
         "nonsense".to_owned(),
@@ -314,7 +339,8 @@ async fn bounds_bad_cursors_and_rate_limits() {
     ann.send(json!({"action": "heartbeat"})).await;
     ann.catch_up(&cursor).await;
     assert_eq!(ann.next().await["code"], "catch_up_too_late");
-    // The budget (4 at once) is spent: the next catch-up is refused.
+    // The budget (5 at once: the gap, the too-old one, the three bad cursors; the late one was
+    // refused before it) is spent, on every edge: the next catch-up is refused.
     let mut ann = Client::connect(&env, &edge, "ann").await;
     ann.catch_up(gap["cursor"].as_str().unwrap()).await;
     let limited = ann.next().await;
