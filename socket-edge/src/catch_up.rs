@@ -54,6 +54,9 @@ impl Gap {
 pub enum Replay {
     Frames(Vec<Utf8Bytes>),
     Gap(Gap),
+    /// The cursor is past the end of the log: it belongs to a log that was deleted and made
+    /// again under the same name (whose offsets started again at 0).
+    BeyondTheEnd,
 }
 
 /// A record read back: partition, offset, Kafka timestamp (ms), payload.
@@ -76,6 +79,24 @@ pub async fn replay(
         .filter(|(_, (f, t))| f < t)
         .map(|(p, (f, t))| (p, *f, *t))
         .collect();
+    // Ahead of this edge is normal (the client's last edge had read further); ahead of the
+    // log itself is not.
+    let ahead: Vec<(usize, i64)> = from
+        .iter()
+        .zip(to)
+        .enumerate()
+        .filter(|(_, (f, t))| f > t)
+        .map(|(p, (f, _))| (p, *f))
+        .collect();
+    if !ahead.is_empty() {
+        let (brokers, topic) = (kafka.brokers.clone(), kafka.topic.clone());
+        let beyond = tokio::task::spawn_blocking(move || beyond_the_end(&brokers, &topic, &ahead))
+            .await
+            .map_err(|e| format!("catch-up reader failed: {e}"))??;
+        if beyond {
+            return Ok(Replay::BeyondTheEnd);
+        }
+    }
     let events: i64 = ranges.iter().map(|(_, f, t)| t - f).sum();
     if events as u64 > limits.max_events {
         return Ok(Replay::Gap(Gap::TooMany));
@@ -131,6 +152,23 @@ pub async fn replay(
         frames.push(frame.into());
     }
     Ok(Replay::Frames(frames))
+}
+
+/// Whether one of these (partition, position) is past the end of its partition.
+fn beyond_the_end(brokers: &str, topic: &str, positions: &[(usize, i64)]) -> Result<bool, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| e.to_string())?;
+    for &(partition, position) in positions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition as i32, Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        if position > high {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Reads each (partition, from, to) range in full, in log order per partition.

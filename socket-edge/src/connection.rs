@@ -534,6 +534,12 @@ impl Handler {
                 }
                 None
             }
+            Replay::BeyondTheEnd => {
+                return Err(Rejection::new(
+                    Code::InvalidCursor,
+                    format!("Invalid 'cursor': {}", cursor::CursorFlaw::Foreign),
+                ));
+            }
             Replay::Gap(gap) => {
                 metrics::counter!("chat_ws_catch_ups_total", "outcome" => gap.as_str())
                     .increment(1);

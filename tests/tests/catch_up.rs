@@ -280,7 +280,7 @@ async fn bounds_bad_cursors_and_rate_limits() {
     // Every edge of a deployment has the same budgets (they share them in Redis).
     let rates = [
         ("CHAT_RATE_CATCH_UP_PER_MINUTE", "1"),
-        ("CHAT_RATE_CATCH_UP_BURST", "5"),
+        ("CHAT_RATE_CATCH_UP_BURST", "8"),
         SENDS[0],
         SENDS[1],
     ];
@@ -323,10 +323,17 @@ async fn bounds_bad_cursors_and_rate_limits() {
     assert_eq!(old["reason"], "too_old");
 
     // Malformed and foreign cursors.
+    let tag = socket_edge::cursor::topic_tag(&env.topic);
+    let beyond_the_end = socket_edge::cursor::encode(tag, &[1 << 40; 4]);
+    let other_topic = socket_edge::cursor::encode(socket_edge::cursor::topic_tag("other"), &[0; 4]);
+    let too_few = socket_edge::cursor::encode(tag, &[0; 3]);
     for bad in [
         "nonsense".to_owned(),
         format!("c1.{}", "A".repeat(20)),
         foreign(&cursor),
+        other_topic,
+        too_few,
+        beyond_the_end,
     ] {
         let mut ann = Client::connect(&env, &edge, "ann").await;
         ann.catch_up(&bad).await;
@@ -339,7 +346,7 @@ async fn bounds_bad_cursors_and_rate_limits() {
     ann.send(json!({"action": "heartbeat"})).await;
     ann.catch_up(&cursor).await;
     assert_eq!(ann.next().await["code"], "catch_up_too_late");
-    // The budget (5 at once: the gap, the too-old one, the three bad cursors; the late one was
+    // The budget (8 at once: the gap, the too-old one, the six bad cursors; the late one was
     // refused before it) is spent, on every edge: the next catch-up is refused.
     let mut ann = Client::connect(&env, &edge, "ann").await;
     ann.catch_up(gap["cursor"].as_str().unwrap()).await;
