@@ -758,6 +758,95 @@ mod tests {
         assert_eq!(cursor_of(&queue.try_recv().unwrap()), vec![12, 23]);
     }
 
+    /// (partition, offset, cursor) of a frame made by [`live`].
+    fn read_frame(frame: &str) -> Option<(usize, i64, Vec<i64>)> {
+        let value: serde_json::Value = serde_json::from_str(frame).unwrap();
+        let p = value.get("p")?.as_u64()? as usize;
+        Some((p, value["o"].as_i64().unwrap(), cursor_of(frame)))
+    }
+
+    proptest::proptest! {
+        /// Whatever the interleaving of the log, the join, the catch-up and the client's cursor
+        /// (behind or ahead of this edge), the connection gets every event at or after its
+        /// cursor exactly once, in log order per partition, and no cursor it is given claims an
+        /// event it neither had before nor got.
+        #[test]
+        fn the_seam_is_exact_under_any_interleaving(
+            partitions_of in proptest::collection::vec(0usize..2, 1..40),
+            join_at in 0usize..40,
+            catch_up_len in 0usize..40,
+            cursor_share in (0u32..=100, 0u32..=100),
+        ) {
+            let n = partitions_of.len();
+            let (join_at, catch_up_at) = (join_at.min(n), (join_at + catch_up_len).min(n));
+            // The log: (partition, offset), in the order this edge reads it.
+            let mut counts = [0i64; 2];
+            let log: Vec<(usize, i64)> = partitions_of.iter().map(|&p| { counts[p] += 1; (p, counts[p] - 1) }).collect();
+            // The client's cursor: anywhere in each partition, even ahead of this edge.
+            let from: Vec<i64> = vec![
+                counts[0] * i64::from(cursor_share.0) / 100,
+                counts[1] * i64::from(cursor_share.1) / 100,
+            ];
+            let held = HeldConnections::default();
+            held.start_at(&[0, 0]);
+            let (frames, mut queue) = mpsc::channel(1024);
+            let outbox = Outbox {
+                connection: Uuid::new_v4(),
+                frames,
+                overflowed: Arc::new(Notify::new()),
+                lost: Arc::new(Notify::new()),
+                gate: Arc::new(Mutex::new(Gate::holding(crate::cursor::topic_tag("t"), 1024))),
+            };
+            let mut next = vec![0i64, 0];
+            let mut deliver = |held: &HeldConnections, (p, o): (usize, i64)| {
+                next[p] = o + 1;
+                held.deliver("u", &live(p, o, &next));
+            };
+            for &event in &log[..join_at] { deliver(&held, event); }
+            let join = held.insert("u", outbox.clone()).unwrap();
+            for &event in &log[join_at..catch_up_at] { deliver(&held, event); }
+            // The catch-up: what catch_up::replay makes of the log between the cursor and the join.
+            let floor: Option<Arc<[i64]>> = from.iter().zip(&join).any(|(f, j)| f > j).then(|| from.clone().into());
+            let mut v = from.clone();
+            for &(p, o) in &log {
+                if o >= from[p] && o < join[p] {
+                    v[p] = o + 1;
+                    outbox.push(live(p, o, &v).frame);
+                }
+            }
+            for frame in held.take_held(&outbox, floor.clone()) { outbox.push(frame); }
+            // Live events keep coming while the catch-up finishes.
+            let half = catch_up_at + (n - catch_up_at) / 2;
+            for &event in &log[catch_up_at..half] { deliver(&held, event); }
+            held.open(&outbox, floor, |now| Some(format!(r#"{{"cursor":"{}"}}"#, crate::cursor::encode(crate::cursor::topic_tag("t"), now))));
+            for &event in &log[half..] { deliver(&held, event); }
+
+            let mut got: Vec<(usize, i64)> = Vec::new();
+            let mut last_cursor = from.clone();
+            while let Ok(frame) = queue.try_recv() {
+                let cursor = cursor_of(&frame);
+                proptest::prop_assert!(cursor.iter().zip(&last_cursor).all(|(c, l)| c >= l), "a cursor went back: {:?} after {:?}", cursor, last_cursor);
+                if let Some((p, o, _)) = read_frame(&frame) {
+                    got.push((p, o));
+                }
+                // Everything the cursor claims was had before the cursor or received.
+                for (p, &claimed) in cursor.iter().enumerate() {
+                    for o in from[p]..claimed {
+                        proptest::prop_assert!(got.contains(&(p, o)), "cursor {:?} claims ({}, {}) never sent", cursor, p, o);
+                    }
+                }
+                last_cursor = cursor;
+            }
+            let expected: Vec<(usize, i64)> = log.iter().copied().filter(|&(p, o)| o >= from[p]).collect();
+            for p in 0..2 {
+                let mine: Vec<i64> = got.iter().filter(|e| e.0 == p).map(|e| e.1).collect();
+                let want: Vec<i64> = expected.iter().filter(|e| e.0 == p).map(|e| e.1).collect();
+                proptest::prop_assert_eq!(mine, want, "partition {}", p);
+            }
+            proptest::prop_assert_eq!(last_cursor, vec![counts[0].max(from[0]), counts[1].max(from[1])]);
+        }
+    }
+
     #[test]
     fn restamping_touches_only_the_cursor_field() {
         let frame = r#"{"content":"a,\"cursor\":\"x","cursor":"c1.old"}"#;
