@@ -8,6 +8,9 @@
 //!   time, in order; commands become events appended through the [`writer`].
 //! - [`delivery`]: deliveries come only from consuming the log; each edge reads the whole topic
 //!   and pushes frames into the bounded outbox of each connection it holds.
+//! - [`cursor`] and [`catch_up`]: every frame from the log carries the log positions after its
+//!   event; a reconnecting client's `catch-up` replays the log from them, and the connection's
+//!   [`delivery::Gate`] holds live frames back meanwhile (docs/websocket.md, "Catch-up").
 //! - [`presence`] and [`recent_sends`]: what Redis keeps (connections, idempotent sends).
 //!
 //! Every limit is an environment variable of [`EdgeArgs`], documented in docs/websocket.md.
