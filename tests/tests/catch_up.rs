@@ -204,7 +204,7 @@ async fn a_reconnect_to_the_other_edge_gets_exactly_what_it_missed_then_live_fra
     burst(&mut bob, &conversations, "during", 100).await;
     let replay = ann.until("caught-up").await;
     eprintln!(
-        "catch-up: {} frames (about 205 events read back) until caught-up in {:?}",
+        "catch-up: {} frames (201 replayed, then the live ones held meanwhile) until caught-up in {:?}",
         replay.len(),
         started.elapsed()
     );
