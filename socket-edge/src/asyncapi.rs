@@ -360,6 +360,7 @@ fn server_examples(kind: &str) -> Vec<Value> {
                 sender_id: "alice",
                 content: "Hello 👋",
                 sent_at: example_time("2021-09-26T10:33:11.123Z"),
+                cursor: None,
             }
             .to_json(),
         ],
@@ -367,6 +368,7 @@ fn server_examples(kind: &str) -> Vec<Value> {
             ServerFrame::ReadMessages {
                 conversation_id,
                 user_id: "bob",
+                cursor: None,
             }
             .to_json(),
         ],

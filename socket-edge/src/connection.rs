@@ -17,7 +17,9 @@ use rate_limit::Verdict;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::delivery::Outbox;
+use crate::catch_up::{self, Replay};
+use crate::cursor::{self, Cursor};
+use crate::delivery::{Gate, Outbox};
 use crate::frames::{self, Code, Command, Rejection, SendMessage, ServerFrame};
 use crate::recent_sends::Claim;
 use crate::{
@@ -181,17 +183,33 @@ pub struct Handler {
     connection: Uuid,
     /// Where this connection's frames (deliveries and answers) queue for the writer.
     outbox: Outbox,
+    /// The log positions from which this connection has every live delivery (`None` if the
+    /// edge had not positioned on the log yet).
+    join: Option<Vec<i64>>,
+    /// Live deliveries are held back: no frame came yet, and the catch-up grace is running.
+    holding: bool,
 }
 
 impl Handler {
     /// A handler and the receiving end of its outbox (for the writer task).
     fn new(edge: Arc<Edge>, user: String, connection: Uuid) -> (Self, mpsc::Receiver<Utf8Bytes>) {
         let (frames, queue) = mpsc::channel(edge.limits.outbound_queue);
+        let holding = !edge.limits.catch_up_grace.is_zero();
+        let tag = cursor::topic_tag(&edge.kafka.topic);
+        let gate = if holding {
+            Gate::holding(tag, edge.limits.outbound_queue)
+        } else {
+            Gate {
+                tag,
+                ..Gate::default()
+            }
+        };
         let outbox = Outbox {
             connection,
             frames,
             overflowed: Arc::new(Notify::new()),
             lost: Arc::new(Notify::new()),
+            gate: Arc::new(std::sync::Mutex::new(gate)),
         };
         (
             Self {
@@ -199,6 +217,8 @@ impl Handler {
                 user,
                 connection,
                 outbox,
+                join: None,
+                holding,
             },
             queue,
         )
@@ -206,9 +226,11 @@ impl Handler {
 }
 
 impl Handler {
-    async fn run(self, socket: WebSocket, queue: mpsc::Receiver<Utf8Bytes>) {
+    async fn run(mut self, socket: WebSocket, queue: mpsc::Receiver<Utf8Bytes>) {
         let (sink, mut stream) = socket.split();
-        self.edge.held.insert(&self.user, self.outbox.clone());
+        self.join = self.edge.held.insert(&self.user, self.outbox.clone());
+        let grace = tokio::time::sleep(self.edge.limits.catch_up_grace);
+        tokio::pin!(grace);
         metrics::gauge!("chat_open_connections").increment(1.0);
         tracing::debug!(user = %self.user, connection = %self.connection, "connected");
 
@@ -233,6 +255,7 @@ impl Handler {
             tokio::select! {
                 _ = crate::stopping(&mut shutdown) => break Some(Ending::GoingAway),
                 _ = &mut writer => break None,
+                () = &mut grace, if self.holding => self.release(),
                 _ = pings.tick() => {
                     if unanswered >= self.edge.limits.max_missed_pongs {
                         metrics::counter!("chat_ws_unresponsive_disconnects_total").increment(1);
@@ -281,12 +304,20 @@ impl Handler {
         drop(stream);
     }
 
-    async fn handle(&self, text: &str) {
-        let command = match frames::parse(text) {
+    async fn handle(&mut self, text: &str) {
+        let command = frames::parse(text);
+        if self.holding && !matches!(command, Ok(Command::CatchUp { .. })) {
+            self.release();
+        }
+        let command = match command {
             Ok(command) => command,
             Err(rejection) => return self.reject(rejection),
         };
         let result = match command {
+            Command::CatchUp { cursor } => {
+                metrics::counter!("chat_ws_frames_total", "action" => "catch-up").increment(1);
+                self.catch_up(&cursor).await
+            }
             Command::Heartbeat => {
                 metrics::counter!("chat_ws_frames_total", "action" => "heartbeat").increment(1);
                 match self
@@ -395,6 +426,7 @@ impl Handler {
             sender_id: &self.user,
             content: &send.content,
             sent_at,
+            cursor: None,
         }
         .to_json();
         let envelope = Envelope::new(Event::MessageSent(event));
@@ -434,6 +466,124 @@ impl Handler {
                 tracing::warn!(error = %e, "read-messages not appended");
                 unavailable("the event log is unavailable; nothing was marked read")
             })
+    }
+
+    /// Lets the held live deliveries through, with no catch-up.
+    fn release(&mut self) {
+        self.holding = false;
+        self.edge.held.release(&self.outbox);
+    }
+
+    /// Replays what followed `cursor`, then the held live deliveries, then `caught-up`. Only
+    /// as the connection's first frame: whatever happens, the connection is live after it.
+    async fn catch_up(&mut self, cursor: &str) -> Result<(), Rejection> {
+        if !self.holding {
+            return Err(Rejection::new(
+                Code::CatchUpTooLate,
+                "catch-up must be the first frame of a connection, sent within the catch-up grace; reconnect to catch up",
+            ));
+        }
+        self.holding = false;
+        let replayed = self.replay(cursor).await;
+        if replayed.is_err() {
+            self.edge.held.release(&self.outbox);
+        }
+        replayed
+    }
+
+    async fn replay(&self, text: &str) -> Result<(), Rejection> {
+        self.limit("catch-up", self.edge.limits.rates.catch_up)
+            .await?;
+        let Some(join) = self.join.as_deref() else {
+            return Err(unavailable(
+                "this edge is not reading the log yet; reconnect",
+            ));
+        };
+        let tag = cursor::topic_tag(&self.edge.kafka.topic);
+        let from = Cursor::decode(text, tag, join.len()).map_err(|flaw| {
+            Rejection::new(Code::InvalidCursor, format!("Invalid 'cursor': {flaw}"))
+        })?;
+        let limits = self.edge.limits.catch_up;
+        let replay = catch_up::replay(
+            &self.edge.kafka,
+            &self.edge.store,
+            &self.user,
+            &from.next,
+            join,
+            limits,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot read the log back for a catch-up");
+            unavailable("the log cannot be read back now; retry")
+        })?;
+        // The client already has everything before its cursor: where it is ahead of this edge
+        // (it came from an edge that had read further), live frames below it are dropped.
+        let floor: Option<Arc<[i64]>> = from
+            .next
+            .iter()
+            .zip(join)
+            .any(|(f, j)| f > j)
+            .then(|| from.next.clone().into());
+        let gap = match replay {
+            Replay::Frames(frames) => {
+                metrics::counter!("chat_ws_catch_ups_total", "outcome" => "caught_up").increment(1);
+                metrics::counter!("chat_ws_catch_up_frames_total").increment(frames.len() as u64);
+                for frame in frames {
+                    self.send_waiting(frame).await;
+                }
+                None
+            }
+            Replay::BeyondTheEnd => {
+                return Err(Rejection::new(
+                    Code::InvalidCursor,
+                    format!("Invalid 'cursor': {}", cursor::CursorFlaw::Foreign),
+                ));
+            }
+            Replay::Gap(gap) => {
+                metrics::counter!("chat_ws_catch_ups_total", "outcome" => gap.as_str())
+                    .increment(1);
+                Some(gap)
+            }
+        };
+        // What was held meanwhile, a queue's worth at a time, then the rest and the last frame
+        // at once, before any new live delivery.
+        loop {
+            let held = self.edge.held.take_held(&self.outbox, floor.clone());
+            if held.len() < self.outbox.frames.capacity() / 2 {
+                for frame in held {
+                    self.outbox.push(frame);
+                }
+                break;
+            }
+            for frame in held {
+                self.send_waiting(frame).await;
+            }
+        }
+        self.edge.held.open(&self.outbox, floor, |now| {
+            let now = cursor::encode(tag, now);
+            Some(match gap {
+                None => ServerFrame::CaughtUp { cursor: &now }.to_json(),
+                Some(gap) => ServerFrame::CatchUpGap {
+                    reason: gap.as_str(),
+                    cursor: &now,
+                }
+                .to_json(),
+            })
+        });
+        Ok(())
+    }
+
+    /// Queues a frame, waiting for room; a client that reads nothing for long is too slow.
+    async fn send_waiting(&self, frame: Utf8Bytes) {
+        let queued = tokio::time::timeout(
+            self.edge.limits.catch_up.patience,
+            self.outbox.frames.send(frame),
+        )
+        .await;
+        if queued.is_err() {
+            self.outbox.overflowed.notify_one();
+        }
     }
 
     fn reject(&self, rejection: Rejection) {

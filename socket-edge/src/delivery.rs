@@ -12,8 +12,8 @@
 //!   reconnect and read history instead of believing they missed nothing.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -39,6 +39,80 @@ pub struct Outbox {
     /// Woken when a delivery this connection may have been owed was lost: the connection is
     /// closed (1011) so that the client reads history.
     pub lost: Arc<Notify>,
+    /// Holds live deliveries back while the connection may still catch up (see [`Gate`]).
+    pub gate: Arc<Mutex<Gate>>,
+}
+
+/// A live delivery: its frame (with its cursor) and where its event stands in the log.
+#[derive(Clone)]
+pub struct Live {
+    pub partition: usize,
+    pub offset: i64,
+    /// The positions after this event (the frame's cursor).
+    pub next: Arc<[i64]>,
+    pub frame: Utf8Bytes,
+}
+
+/// What stands between the log and a connection's outbox.
+///
+/// A new connection holds its live deliveries until it catches up or the catch-up grace ends,
+/// so that replayed frames come before live ones. After a catch-up whose cursor is ahead of
+/// this edge on some partition (it came from an edge that had read further), `floor` drops
+/// the live frames the client already had and raises the cursors of the others to it, so a
+/// cursor never goes back.
+#[derive(Default)]
+pub struct Gate {
+    /// `Some` while live deliveries are held back.
+    pub held: Option<Vec<Live>>,
+    /// The cursor the client caught up from, while this edge is behind it somewhere.
+    pub floor: Option<Arc<[i64]>>,
+    /// Tag of this log's cursors, for restamping.
+    pub tag: [u8; 6],
+    /// Most live frames held back; past it the client is as good as too slow.
+    pub hold_limit: usize,
+}
+
+impl Gate {
+    pub fn holding(tag: [u8; 6], hold_limit: usize) -> Self {
+        Self {
+            held: Some(Vec::new()),
+            floor: None,
+            tag,
+            hold_limit,
+        }
+    }
+
+    /// The frame of `live` as this connection must see it, or `None` if the client had it.
+    pub fn admit(&mut self, live: &Live) -> Option<Utf8Bytes> {
+        let Some(floor) = &self.floor else {
+            return Some(live.frame.clone());
+        };
+        if floor.get(live.partition).is_some_and(|&f| live.offset < f) {
+            return None;
+        }
+        if live.next.iter().zip(floor.iter()).all(|(n, f)| n >= f) {
+            // This edge has caught up with the client's cursor: nothing to correct any more.
+            self.floor = None;
+            return Some(live.frame.clone());
+        }
+        let raised: Vec<i64> = live
+            .next
+            .iter()
+            .zip(floor.iter())
+            .map(|(n, f)| *n.max(f))
+            .collect();
+        Some(restamp(&live.frame, &crate::cursor::encode(self.tag, &raised)).into())
+    }
+}
+
+/// `frame` (whose last field is its cursor) with another cursor.
+fn restamp(frame: &str, cursor: &str) -> String {
+    const FIELD: &str = ",\"cursor\":\"";
+    // A `"` inside a JSON string is escaped, so only the real field matches unescaped.
+    let at = frame
+        .rfind(FIELD)
+        .expect("live frames end with their cursor");
+    format!("{}{FIELD}{cursor}\"}}", &frame[..at])
 }
 
 impl Outbox {
@@ -53,6 +127,24 @@ impl Outbox {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
+
+    /// Hands a live delivery over: held back, dropped as already had, or queued.
+    pub fn deliver_live(&self, live: &Live) -> bool {
+        let mut gate = self.gate.lock().expect("lock is never poisoned");
+        let limit = gate.hold_limit;
+        if let Some(held) = &mut gate.held {
+            if held.len() >= limit {
+                self.overflowed.notify_one();
+                return false;
+            }
+            held.push(live.clone());
+            return true;
+        }
+        match gate.admit(live) {
+            Some(frame) => self.push(frame),
+            None => false,
+        }
+    }
 }
 
 /// The connections this edge holds, by user.
@@ -63,16 +155,104 @@ pub struct HeldConnections {
     /// Connections that ever joined; read under the lock by a delivery, so that a later one
     /// can tell which connections joined after it.
     joins: AtomicU64,
+    /// For each partition, the offset of the next event to deliver. Changed only under the
+    /// read lock of `by_user`, with the deliveries of the event before it: whoever holds the
+    /// write lock sees positions that say exactly what every held connection has been handed.
+    positions: OnceLock<Box<[AtomicI64]>>,
 }
 
 impl HeldConnections {
-    pub fn insert(&self, user: &str, outbox: Outbox) {
+    /// Adds a connection; returns the log positions from which it receives every delivery
+    /// (`None` before the log is positioned).
+    pub fn insert(&self, user: &str, outbox: Outbox) -> Option<Vec<i64>> {
         let mut by_user = self.by_user.write().expect("lock is never poisoned");
         let joined = self.joins.fetch_add(1, Ordering::Relaxed) + 1;
         by_user
             .entry(user.to_owned())
             .or_default()
             .push((joined, outbox));
+        self.positions_now()
+    }
+
+    /// Sets where the log is read from, once.
+    pub fn start_at(&self, next: &[i64]) {
+        let _ = self
+            .positions
+            .set(next.iter().map(|&n| AtomicI64::new(n)).collect());
+    }
+
+    /// The partitions of the log (0 before it is positioned).
+    pub fn partitions(&self) -> usize {
+        self.positions.get().map_or(0, |p| p.len())
+    }
+
+    fn positions_now(&self) -> Option<Vec<i64>> {
+        let positions = self.positions.get()?;
+        Some(
+            positions
+                .iter()
+                .map(|p| p.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
+
+    /// Records that the event at `offset` of `partition` was handed to every connection owed it.
+    fn advance(&self, partition: usize, offset: i64) {
+        if let Some(p) = self.positions.get().and_then(|p| p.get(partition)) {
+            p.store(offset + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// An event that goes to no one here still moves the positions.
+    pub fn pass(&self, partition: usize, offset: i64) {
+        let _by_user = self.by_user.read().expect("lock is never poisoned");
+        self.advance(partition, offset);
+    }
+
+    /// Releases a connection's held deliveries, with no catch-up. Returns whether it fitted
+    /// the outbox (if not, the connection is told it was too slow).
+    pub fn release(&self, outbox: &Outbox) -> bool {
+        self.open(outbox, None, |_| None)
+    }
+
+    /// Opens the gate of `outbox`: queues what it still holds, then `last(cursor)` if any, where
+    /// `cursor` says exactly what the connection has been handed; from then on live deliveries
+    /// go straight through, `floor` applied. Under the write lock: no delivery is half-done.
+    pub fn open(
+        &self,
+        outbox: &Outbox,
+        floor: Option<Arc<[i64]>>,
+        last: impl FnOnce(&[i64]) -> Option<String>,
+    ) -> bool {
+        let _by_user = self.by_user.write().expect("lock is never poisoned");
+        let mut gate = outbox.gate.lock().expect("lock is never poisoned");
+        gate.floor = floor;
+        let held = gate.held.take().unwrap_or_default();
+        let mut fitted = true;
+        for live in &held {
+            if let Some(frame) = gate.admit(live) {
+                fitted &= outbox.push(frame);
+            }
+        }
+        let mut now = self.positions_now().unwrap_or_default();
+        if let Some(floor) = &gate.floor {
+            for (n, f) in now.iter_mut().zip(floor.iter()) {
+                *n = (*n).max(*f);
+            }
+        }
+        if let Some(frame) = last(&now) {
+            fitted &= outbox.push(frame.into());
+        }
+        fitted
+    }
+
+    /// Takes the frames held so far (what the client lacks of them, per `floor`), leaving the
+    /// gate closed.
+    pub fn take_held(&self, outbox: &Outbox, floor: Option<Arc<[i64]>>) -> Vec<Utf8Bytes> {
+        let mut gate = outbox.gate.lock().expect("lock is never poisoned");
+        gate.floor = floor;
+        let held = gate.held.as_mut().map(std::mem::take).unwrap_or_default();
+        held.iter().filter_map(|live| gate.admit(live)).collect()
     }
 
     pub fn remove(&self, user: &str, connection: Uuid) {
@@ -86,8 +266,8 @@ impl HeldConnections {
     }
 
     /// Pushes a frame to every connection of `user` held here; returns how many took it.
-    pub fn deliver(&self, user: &str, frame: &Utf8Bytes) -> usize {
-        self.deliver_to_all([user], frame, 0).0
+    pub fn deliver(&self, user: &str, live: &Live) -> usize {
+        self.deliver_to_all([user], live, 0).0
     }
 
     /// Pushes a frame to every connection of these users that joined after `since` (a value
@@ -96,18 +276,19 @@ impl HeldConnections {
     pub fn deliver_to_all<'a>(
         &self,
         users: impl IntoIterator<Item = &'a str>,
-        frame: &Utf8Bytes,
+        live: &Live,
         since: u64,
     ) -> (usize, u64) {
         let by_user = self.by_user.read().expect("lock is never poisoned");
         let mut delivered = 0;
         for user in users {
             for (joined, outbox) in by_user.get(user).into_iter().flatten() {
-                if *joined > since && outbox.push(frame.clone()) {
+                if *joined > since && outbox.deliver_live(live) {
                     delivered += 1;
                 }
             }
         }
+        self.advance(live.partition, live.offset);
         // Joins need the write lock: none happened while this one was held.
         (delivered, self.joins.load(Ordering::Relaxed))
     }
@@ -211,7 +392,11 @@ impl LogTail {
     }
 
     /// Starts every partition at its current end; retried until Kafka answers.
-    async fn position(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn position(
+        &self,
+        held: &HeldConnections,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Vec<i64>> {
         loop {
             let consumer = self.consumer.clone();
             let topic = self.topic.clone();
@@ -219,10 +404,11 @@ impl LogTail {
                 .await
                 .unwrap_or_else(|e| Err(format!("positioning task failed: {e}")));
             match attempt {
-                Ok(partitions) => {
-                    tracing::info!(topic = %self.topic, partitions, "consuming the log from its end");
+                Ok(next) => {
+                    tracing::info!(topic = %self.topic, partitions = next.len(), "consuming the log from its end");
+                    held.start_at(&next);
                     self.positioned.store(true, Ordering::Release);
-                    return true;
+                    return Some(next);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, topic = %self.topic, "cannot position on the log yet; retrying")
@@ -230,7 +416,7 @@ impl LogTail {
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = crate::stopping(shutdown) => return false,
+                _ = crate::stopping(shutdown) => return None,
             }
         }
     }
@@ -242,9 +428,10 @@ impl LogTail {
         held: Arc<HeldConnections>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        if !self.position(&mut shutdown).await {
+        let Some(mut next) = self.position(&held, &mut shutdown).await else {
             return;
-        }
+        };
+        let tag = crate::cursor::topic_tag(&self.topic);
         let mut first = FirstDeliveries::new(FIRST_DELIVERIES_REMEMBERED);
         loop {
             let record = tokio::select! {
@@ -253,21 +440,30 @@ impl LogTail {
             };
             match record {
                 Ok(record) => {
-                    let Some(payload) = record.payload() else {
+                    let (partition, offset) = (record.partition() as usize, record.offset());
+                    let Some(position) = next.get_mut(partition) else {
                         continue;
                     };
-                    match Envelope::decode(payload) {
-                        Ok(envelope) => {
-                            let delivering = deliver(&envelope, &store, &held, &mut first);
+                    *position = offset + 1;
+                    let at = At {
+                        partition,
+                        offset,
+                        next: &next,
+                        tag,
+                    };
+                    match record.payload().map(Envelope::decode) {
+                        Some(Ok(envelope)) => {
+                            let delivering = deliver(&envelope, at, &store, &held, &mut first);
                             tokio::select! {
                                 () = delivering => {}
                                 _ = crate::stopping(&mut shutdown) => return,
                             }
                         }
-                        Err(e) => tracing::warn!(
-                            error = %e, partition = record.partition(), offset = record.offset(),
-                            "skipping a record that is not an event"
-                        ),
+                        Some(Err(e)) => {
+                            held.pass(partition, offset);
+                            tracing::warn!(error = %e, partition, offset, "skipping a record that is not an event");
+                        }
+                        None => held.pass(partition, offset),
                     }
                 }
                 // A report of what librdkafka is going through (it reconnects by itself),
@@ -279,12 +475,12 @@ impl LogTail {
     }
 }
 
-fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<usize, String> {
+fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i64>, String> {
     let timeout = Duration::from_secs(5);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(|e| e.to_string())?;
-    let partitions: Vec<i32> = metadata
+    let mut partitions: Vec<i32> = metadata
         .topics()
         .iter()
         .filter(|t| t.name() == topic && t.error().is_none())
@@ -293,6 +489,11 @@ fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<usize, String
     if partitions.is_empty() {
         return Err(format!("topic {topic} has no partitions (does it exist?)"));
     }
+    partitions.sort_unstable();
+    if partitions.iter().enumerate().any(|(i, &p)| p != i as i32) {
+        return Err(format!("topic {topic} reports partitions {partitions:?}"));
+    }
+    let mut next = Vec::with_capacity(partitions.len());
     let mut assignment = TopicPartitionList::new();
     for &partition in &partitions {
         // An explicit offset, not `Offset::End`: "the end" is fixed now, before we say ready.
@@ -302,13 +503,66 @@ fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<usize, String
         assignment
             .add_partition_offset(topic, partition, Offset::Offset(high))
             .map_err(|e| e.to_string())?;
+        next.push(high);
     }
     consumer.assign(&assignment).map_err(|e| e.to_string())?;
-    Ok(partitions.len())
+    Ok(next)
+}
+
+/// Where an event stands in the log.
+#[derive(Clone, Copy)]
+pub struct At<'a> {
+    pub partition: usize,
+    pub offset: i64,
+    /// The positions after it.
+    pub next: &'a [i64],
+    /// The log's cursor tag.
+    pub tag: [u8; 6],
+}
+
+impl At<'_> {
+    /// A live delivery of `frame` (given the cursor text) at this place in the log.
+    fn live(&self, frame: impl FnOnce(&str) -> String) -> Live {
+        Live {
+            partition: self.partition,
+            offset: self.offset,
+            next: self.next.into(),
+            frame: frame(&crate::cursor::encode(self.tag, self.next)).into(),
+        }
+    }
+}
+
+/// The `new-message` frame of a message.
+pub fn new_message_frame(
+    m: &events::MessageSent,
+    sent_at: events::Timestamp,
+    cursor: &str,
+) -> String {
+    ServerFrame::NewMessage {
+        message_id: m.message_id,
+        temp_message_id: &m.temp_message_id,
+        conversation_id: m.conversation_id,
+        sender_id: &m.sender_id,
+        content: &m.content,
+        sent_at,
+        cursor: Some(cursor),
+    }
+    .to_json()
+}
+
+/// The `read-messages` frame of a read.
+pub fn read_messages_frame(r: &events::MessagesRead, cursor: &str) -> String {
+    ServerFrame::ReadMessages {
+        conversation_id: r.conversation_id,
+        user_id: &r.user_id,
+        cursor: Some(cursor),
+    }
+    .to_json()
 }
 
 async fn deliver(
     envelope: &Envelope,
+    at: At<'_>,
     store: &Store,
     held: &HeldConnections,
     first: &mut FirstDeliveries,
@@ -319,24 +573,16 @@ async fn deliver(
     match &envelope.event {
         Event::MessageSent(m) => {
             let Some(participants) = participants(store, m.conversation_id, held).await else {
+                held.pass(at.partition, at.offset);
                 return;
             };
             // The same message again (a retried send): only to connections that joined since
             // its first delivery, as it was first delivered.
             let seen = first.get(m.message_id);
             let (since, sent_at) = seen.unwrap_or((0, m.sent_at));
-            let frame: Utf8Bytes = ServerFrame::NewMessage {
-                message_id: m.message_id,
-                temp_message_id: &m.temp_message_id,
-                conversation_id: m.conversation_id,
-                sender_id: &m.sender_id,
-                content: &m.content,
-                sent_at,
-            }
-            .to_json()
-            .into();
+            let live = at.live(|cursor| new_message_frame(m, sent_at, cursor));
             let (delivered, joins) =
-                held.deliver_to_all(participants.iter().map(String::as_str), &frame, since);
+                held.deliver_to_all(participants.iter().map(String::as_str), &live, since);
             // Every connection held now has had the message.
             first.remember(m.message_id, joins, sent_at);
             if seen.is_some() {
@@ -346,17 +592,12 @@ async fn deliver(
                 .increment(delivered as u64);
         }
         Event::MessagesRead(r) => {
-            let frame: Utf8Bytes = ServerFrame::ReadMessages {
-                conversation_id: r.conversation_id,
-                user_id: &r.user_id,
-            }
-            .to_json()
-            .into();
-            let delivered = held.deliver(&r.user_id, &frame);
+            let live = at.live(|cursor| read_messages_frame(r, cursor));
+            let delivered = held.deliver(&r.user_id, &live);
             metrics::counter!("chat_ws_deliveries_total", "type" => "read-messages")
                 .increment(delivered as u64);
         }
-        Event::ConversationCreated(_) => {}
+        Event::ConversationCreated(_) => held.pass(at.partition, at.offset),
     }
 }
 
@@ -430,12 +671,13 @@ mod tests {
                 frames,
                 overflowed: Arc::new(Notify::new()),
                 lost: Arc::new(Notify::new()),
+                gate: Default::default(),
             };
             (outbox, queue)
         };
         let (early, mut early_queue) = outbox();
         held.insert("alice", early);
-        let frame: Utf8Bytes = "{}".into();
+        let frame = live(0, 0, &[1]);
         let (delivered, joins) = held.deliver_to_all(["alice", "bob"], &frame, 0);
         assert_eq!(delivered, 1);
         let (late, mut late_queue) = outbox();
@@ -447,5 +689,170 @@ mod tests {
             "the early connection had it once"
         );
         assert!(late_queue.try_recv().is_ok());
+    }
+
+    fn live(partition: usize, offset: i64, next: &[i64]) -> Live {
+        let tag = crate::cursor::topic_tag("t");
+        let cursor = crate::cursor::encode(tag, next);
+        Live {
+            partition,
+            offset,
+            next: next.into(),
+            frame: format!(
+                r#"{{"type":"read-messages","p":{partition},"o":{offset},"cursor":"{cursor}"}}"#
+            )
+            .into(),
+        }
+    }
+
+    fn cursor_of(frame: &str) -> Vec<i64> {
+        let value: serde_json::Value = serde_json::from_str(frame).unwrap();
+        let text = value["cursor"].as_str().unwrap();
+        crate::cursor::Cursor::decode(text, crate::cursor::topic_tag("t"), 2)
+            .unwrap()
+            .next
+    }
+
+    #[test]
+    fn the_seam_holds_then_replays_then_goes_live_with_cursors_that_never_go_back() {
+        let held = HeldConnections::default();
+        held.start_at(&[10, 20]);
+        let (frames, mut queue) = mpsc::channel(16);
+        let outbox = Outbox {
+            connection: Uuid::new_v4(),
+            frames,
+            overflowed: Arc::new(Notify::new()),
+            lost: Arc::new(Notify::new()),
+            gate: Arc::new(Mutex::new(Gate::holding(crate::cursor::topic_tag("t"), 16))),
+        };
+        let join = held.insert("alice", outbox.clone()).unwrap();
+        assert_eq!(join, vec![10, 20]);
+        // Live deliveries while the connection waits for its catch-up are held back.
+        held.deliver("alice", &live(0, 10, &[11, 20]));
+        held.deliver("alice", &live(1, 20, &[11, 21]));
+        held.deliver("alice", &live(1, 21, &[11, 22]));
+        assert!(queue.try_recv().is_err(), "nothing before the catch-up");
+        // The client's cursor is ahead of this edge on partition 1: it had offset 20 there.
+        let floor: Arc<[i64]> = vec![5, 21].into();
+        let taken = held.take_held(&outbox, Some(floor.clone()));
+        assert_eq!(taken.len(), 2, "the frame the client had is dropped");
+        assert_eq!(
+            cursor_of(&taken[0]),
+            vec![11, 21],
+            "raised to the client's cursor"
+        );
+        assert_eq!(cursor_of(&taken[1]), vec![11, 22]);
+        held.deliver("alice", &live(0, 11, &[12, 22]));
+        held.open(&outbox, Some(floor), |now| {
+            assert_eq!(
+                now,
+                &[12, 22],
+                "exactly what the connection has been handed"
+            );
+            Some("caught-up".into())
+        });
+        assert!(queue.try_recv().unwrap().as_str().contains(r#""o":11"#));
+        assert_eq!(queue.try_recv().unwrap().as_str(), "caught-up");
+        // Live now: straight through, in order.
+        held.deliver("alice", &live(1, 22, &[12, 23]));
+        assert_eq!(cursor_of(&queue.try_recv().unwrap()), vec![12, 23]);
+    }
+
+    /// (partition, offset, cursor) of a frame made by [`live`].
+    fn read_frame(frame: &str) -> Option<(usize, i64, Vec<i64>)> {
+        let value: serde_json::Value = serde_json::from_str(frame).unwrap();
+        let p = value.get("p")?.as_u64()? as usize;
+        Some((p, value["o"].as_i64().unwrap(), cursor_of(frame)))
+    }
+
+    proptest::proptest! {
+        /// Whatever the interleaving of the log, the join, the catch-up and the client's cursor
+        /// (behind or ahead of this edge), the connection gets every event at or after its
+        /// cursor exactly once, in log order per partition, and no cursor it is given claims an
+        /// event it neither had before nor got.
+        #[test]
+        fn the_seam_is_exact_under_any_interleaving(
+            partitions_of in proptest::collection::vec(0usize..2, 1..40),
+            join_at in 0usize..40,
+            catch_up_len in 0usize..40,
+            cursor_share in (0u32..=100, 0u32..=100),
+        ) {
+            let n = partitions_of.len();
+            let (join_at, catch_up_at) = (join_at.min(n), (join_at + catch_up_len).min(n));
+            // The log: (partition, offset), in the order this edge reads it.
+            let mut counts = [0i64; 2];
+            let log: Vec<(usize, i64)> = partitions_of.iter().map(|&p| { counts[p] += 1; (p, counts[p] - 1) }).collect();
+            // The client's cursor: anywhere in each partition, even ahead of this edge.
+            let from: Vec<i64> = vec![
+                counts[0] * i64::from(cursor_share.0) / 100,
+                counts[1] * i64::from(cursor_share.1) / 100,
+            ];
+            let held = HeldConnections::default();
+            held.start_at(&[0, 0]);
+            let (frames, mut queue) = mpsc::channel(1024);
+            let outbox = Outbox {
+                connection: Uuid::new_v4(),
+                frames,
+                overflowed: Arc::new(Notify::new()),
+                lost: Arc::new(Notify::new()),
+                gate: Arc::new(Mutex::new(Gate::holding(crate::cursor::topic_tag("t"), 1024))),
+            };
+            let mut next = vec![0i64, 0];
+            let mut deliver = |held: &HeldConnections, (p, o): (usize, i64)| {
+                next[p] = o + 1;
+                held.deliver("u", &live(p, o, &next));
+            };
+            for &event in &log[..join_at] { deliver(&held, event); }
+            let join = held.insert("u", outbox.clone()).unwrap();
+            for &event in &log[join_at..catch_up_at] { deliver(&held, event); }
+            // The catch-up: what catch_up::replay makes of the log between the cursor and the join.
+            let floor: Option<Arc<[i64]>> = from.iter().zip(&join).any(|(f, j)| f > j).then(|| from.clone().into());
+            let mut v = from.clone();
+            for &(p, o) in &log {
+                if o >= from[p] && o < join[p] {
+                    v[p] = o + 1;
+                    outbox.push(live(p, o, &v).frame);
+                }
+            }
+            for frame in held.take_held(&outbox, floor.clone()) { outbox.push(frame); }
+            // Live events keep coming while the catch-up finishes.
+            let half = catch_up_at + (n - catch_up_at) / 2;
+            for &event in &log[catch_up_at..half] { deliver(&held, event); }
+            held.open(&outbox, floor, |now| Some(format!(r#"{{"cursor":"{}"}}"#, crate::cursor::encode(crate::cursor::topic_tag("t"), now))));
+            for &event in &log[half..] { deliver(&held, event); }
+
+            let mut got: Vec<(usize, i64)> = Vec::new();
+            let mut last_cursor = from.clone();
+            while let Ok(frame) = queue.try_recv() {
+                let cursor = cursor_of(&frame);
+                proptest::prop_assert!(cursor.iter().zip(&last_cursor).all(|(c, l)| c >= l), "a cursor went back: {:?} after {:?}", cursor, last_cursor);
+                if let Some((p, o, _)) = read_frame(&frame) {
+                    got.push((p, o));
+                }
+                // Everything the cursor claims was had before the cursor or received.
+                for (p, &claimed) in cursor.iter().enumerate() {
+                    for o in from[p]..claimed {
+                        proptest::prop_assert!(got.contains(&(p, o)), "cursor {:?} claims ({}, {}) never sent", cursor, p, o);
+                    }
+                }
+                last_cursor = cursor;
+            }
+            let expected: Vec<(usize, i64)> = log.iter().copied().filter(|&(p, o)| o >= from[p]).collect();
+            for p in 0..2 {
+                let mine: Vec<i64> = got.iter().filter(|e| e.0 == p).map(|e| e.1).collect();
+                let want: Vec<i64> = expected.iter().filter(|e| e.0 == p).map(|e| e.1).collect();
+                proptest::prop_assert_eq!(mine, want, "partition {}", p);
+            }
+            proptest::prop_assert_eq!(last_cursor, vec![counts[0].max(from[0]), counts[1].max(from[1])]);
+        }
+    }
+
+    #[test]
+    fn restamping_touches_only_the_cursor_field() {
+        let frame = r#"{"content":"a,\"cursor\":\"x","cursor":"c1.old"}"#;
+        assert_eq!(
+            restamp(frame, "c1.new"),
+            r#"{"content":"a,\"cursor\":\"x","cursor":"c1.new"}"#
+        );
     }
 }

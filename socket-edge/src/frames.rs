@@ -32,6 +32,9 @@ pub enum Command {
     /// `read-messages` frame to every connection of the reader (even when nothing was unread),
     /// or by an `error` frame.
     ReadMessages { conversation_id: Uuid },
+    /// Replays what followed `cursor` (opaque to clients: read against the log's shape), then a
+    /// `caught-up` frame; or a `catch-up-gap` frame when that is too much.
+    CatchUp { cursor: String },
 }
 
 /// A valid `send-message` frame.
@@ -97,6 +100,11 @@ pub enum Code {
     Unavailable,
     /// The user's budget for this action is spent (`retryAfterMs` says for how long).
     RateLimited,
+    /// A `catch-up` cursor that is not one, or one of another log.
+    InvalidCursor,
+    /// A `catch-up` that is not the connection's first frame, or comes after the catch-up
+    /// grace: live frames have been sent already; reconnect to catch up.
+    CatchUpTooLate,
 }
 
 impl Code {
@@ -128,6 +136,8 @@ impl Code {
             Code::SendInProgress => "send_in_progress",
             Code::Unavailable => "unavailable",
             Code::RateLimited => "rate_limited",
+            Code::InvalidCursor => "invalid_cursor",
+            Code::CatchUpTooLate => "catch_up_too_late",
         }
     }
 }
@@ -230,6 +240,9 @@ fn parse_object(frame: &Map<String, Value>) -> Result<Command, Rejection> {
         "read-messages" => Ok(Command::ReadMessages {
             conversation_id: uuid_field(frame, "conversationId")?,
         }),
+        "catch-up" => Ok(Command::CatchUp {
+            cursor: string_field(frame, "cursor")?.to_owned(),
+        }),
         other => {
             let shown: String = other.chars().take(50).collect();
             Err(Rejection::new(
@@ -283,12 +296,25 @@ pub enum ServerFrame<'a> {
         content: &'a str,
         /// The same string in every frame and REST response of the message.
         sent_at: Timestamp,
+        /// Where this frame stands in the log; always the last field (see `delivery::restamp`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
     },
     /// The user read the conversation: to every open connection of the reader and no one
     /// else's, always, even when nothing was unread.
     ReadMessages {
         conversation_id: Uuid,
         user_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
+    },
+    /// The end of a catch-up: every frame before `cursor` has been sent.
+    CaughtUp { cursor: &'a str },
+    /// A catch-up refused because the gap is too large: read history over REST, then go on
+    /// from `cursor`.
+    CatchUpGap {
+        reason: &'static str,
+        cursor: &'a str,
     },
     /// A client frame was refused: to the connection that sent it only, which stays open.
     Error {
@@ -426,6 +452,7 @@ mod tests {
             sender_id: "alice",
             content: "hi",
             sent_at,
+            cursor: None,
         }
         .to_json();
         let value: Value = serde_json::from_str(&frame).unwrap();
@@ -436,6 +463,7 @@ mod tests {
         let read = ServerFrame::ReadMessages {
             conversation_id: id,
             user_id: "bob",
+            cursor: None,
         }
         .to_json();
         assert_eq!(

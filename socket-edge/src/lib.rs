@@ -8,12 +8,17 @@
 //!   time, in order; commands become events appended through the [`writer`].
 //! - [`delivery`]: deliveries come only from consuming the log; each edge reads the whole topic
 //!   and pushes frames into the bounded outbox of each connection it holds.
+//! - [`cursor`] and [`catch_up`]: every frame from the log carries the log positions after its
+//!   event; a reconnecting client's `catch-up` replays the log from them, and the connection's
+//!   [`delivery::Gate`] holds live frames back meanwhile (docs/websocket.md, "Catch-up").
 //! - [`presence`] and [`recent_sends`]: what Redis keeps (connections, idempotent sends).
 //!
 //! Every limit is an environment variable of [`EdgeArgs`], documented in docs/websocket.md.
 
 pub mod asyncapi;
+pub mod catch_up;
 pub mod connection;
+pub mod cursor;
 pub mod delivery;
 pub mod frames;
 pub mod presence;
@@ -109,6 +114,17 @@ pub struct EdgeArgs {
     /// (4001) and unregistered. Any frame from the client counts as an answer.
     #[arg(long, env = "CHAT_WS_MAX_MISSED_PONGS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_missed_pongs: u32,
+    /// Most log events one `catch-up` reads back (so also most frames it replays); a larger
+    /// gap is answered with `catch-up-gap` and the client reads history over REST.
+    #[arg(long, env = "CHAT_WS_CATCH_UP_MAX_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub catch_up_max_events: u64,
+    /// Oldest event a `catch-up` replays, in seconds; an older gap is a `catch-up-gap`.
+    #[arg(long, env = "CHAT_WS_CATCH_UP_MAX_AGE_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub catch_up_max_age_secs: u64,
+    /// How long a new connection holds its live deliveries back waiting for a `catch-up` as its
+    /// first frame (any other frame, or the end of this grace, releases them at once).
+    #[arg(long, env = "CHAT_WS_CATCH_UP_GRACE_MS", default_value_t = 2_000)]
+    pub catch_up_grace_ms: u64,
     #[command(flatten)]
     pub rates: RateArgs,
 }
@@ -135,6 +151,12 @@ pub struct RateArgs {
     /// `heartbeat` frames a user may send at once.
     #[arg(long, env = "CHAT_RATE_HEARTBEAT_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub heartbeat_burst: u32,
+    /// `catch-up` frames per user per minute (each reads the log back).
+    #[arg(long, env = "CHAT_RATE_CATCH_UP_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub catch_up_per_minute: u32,
+    /// `catch-up` frames a user may send at once (one per browser reconnecting together).
+    #[arg(long, env = "CHAT_RATE_CATCH_UP_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub catch_up_burst: u32,
 }
 
 impl RateArgs {
@@ -152,6 +174,10 @@ impl RateArgs {
                 per_minute: self.heartbeat_per_minute,
                 burst: self.heartbeat_burst,
             },
+            catch_up: Rate {
+                per_minute: self.catch_up_per_minute,
+                burst: self.catch_up_burst,
+            },
         }
     }
 }
@@ -162,6 +188,7 @@ pub struct Rates {
     pub send_message: Rate,
     pub read_messages: Rate,
     pub heartbeat: Rate,
+    pub catch_up: Rate,
 }
 
 /// A `usize` setting with a lower bound (0 connections or a 0-frame queue make no sense).
@@ -197,6 +224,10 @@ pub struct Limits {
     pub max_missed_pongs: u32,
     /// Per-user budgets of the limited frames.
     pub rates: Rates,
+    /// Bounds of one catch-up.
+    pub catch_up: catch_up::CatchUpLimits,
+    /// How long a new connection holds live deliveries back for a `catch-up`.
+    pub catch_up_grace: Duration,
 }
 
 /// What every connection of this edge shares.
@@ -215,6 +246,8 @@ pub struct Edge {
     pub limiter: Limiter,
     /// Where deliveries from the log are pushed.
     pub held: Arc<HeldConnections>,
+    /// The log, read back by catch-ups.
+    pub kafka: writer::KafkaArgs,
     pub limits: Limits,
     /// Becomes `true` once, on shutdown; every connection watches it.
     pub shutdown: watch::Receiver<bool>,

@@ -128,7 +128,14 @@ async fn main() -> anyhow::Result<()> {
             ping_interval: Duration::from_secs(args.ping_interval_secs),
             max_missed_pongs: args.max_missed_pongs,
             rates: args.rates.rates(),
+            catch_up: socket_edge::catch_up::CatchUpLimits {
+                max_events: args.catch_up_max_events,
+                max_age: Duration::from_secs(args.catch_up_max_age_secs),
+                patience: Duration::from_secs(10),
+            },
+            catch_up_grace: Duration::from_millis(args.catch_up_grace_ms),
         },
+        kafka: config.kafka.clone(),
         shutdown: shutdown.clone(),
     });
     let base_path = args.normalised_base_path();

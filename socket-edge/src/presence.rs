@@ -243,6 +243,7 @@ mod tests {
             frames: mpsc::channel(1).0,
             overflowed: Arc::new(Notify::new()),
             lost: Arc::new(Notify::new()),
+            gate: Default::default(),
         }
     }
 

@@ -72,6 +72,7 @@ proptest! {
                 prop_assert_eq!(given, Some(id));
             }
             Ok(Command::Heartbeat) => prop_assert_eq!(&action, "heartbeat"),
+            Ok(Command::CatchUp { .. }) => prop_assert_eq!(&action, "catch-up"),
             Err(rejection) => {
                 if action == "send-message"
                     && let (Some(Value::String(c)), Some(Value::String(t))) = (&content, &temp)

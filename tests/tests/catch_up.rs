@@ -1,0 +1,375 @@
+//! Catch-up after a reconnect, against the real stack: real clients, two edges, the projector,
+//! Kafka (4 partitions), Postgres and Redis.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chat_tests::{Service, TestEnv};
+use events::{ConversationCreated, Envelope, Event};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+const PATIENCE: Duration = Duration::from_secs(15);
+/// Bob sends hundreds of messages at once.
+const SENDS: &[(&str, &str)] = &[
+    ("CHAT_RATE_SEND_MESSAGE_BURST", "1000"),
+    ("CHAT_RATE_SEND_MESSAGE_PER_MINUTE", "60000"),
+];
+
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    async fn connect(env: &TestEnv, edge: &Service, user: &str) -> Self {
+        let url = format!("ws://{}/?Authorization={}", edge.addr, env.token(user));
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket connect");
+        Self { ws }
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send a frame");
+    }
+
+    async fn catch_up(&mut self, cursor: &str) {
+        self.send(json!({ "action": "catch-up", "cursor": cursor }))
+            .await;
+    }
+
+    async fn next(&mut self) -> Value {
+        self.next_within(PATIENCE)
+            .await
+            .expect("a frame within the patience")
+    }
+
+    async fn next_within(&mut self, patience: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?
+            {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(serde_json::from_str(&text).expect("frames are JSON"));
+                }
+                Some(Ok(Message::Close(frame))) => panic!("closed by the server: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed: {e}"),
+                None => panic!("connection ended"),
+            }
+        }
+    }
+
+    /// Frames up to and including the first of type `last`.
+    async fn until(&mut self, last: &str) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.next().await;
+            let done = frame["type"] == last;
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    }
+}
+
+/// A conversation, once the projection knows it.
+async fn conversation(env: &TestEnv, participants: &[&str]) -> Uuid {
+    let id = Uuid::new_v4();
+    let mut sorted: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
+    sorted.sort();
+    env.writer()
+        .append(&Envelope::new(Event::ConversationCreated(
+            ConversationCreated {
+                conversation_id: id,
+                created_by: participants[0].to_owned(),
+                participants: sorted,
+                is_group: participants.len() > 2,
+                title: if participants.len() > 2 {
+                    "group".into()
+                } else {
+                    String::new()
+                },
+                idempotency_key: None,
+            },
+        )))
+        .await
+        .expect("append ConversationCreated");
+    let pool = env.pool().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let known: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM participants WHERE conversation_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if known > 0 {
+            return id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never projected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn send(conversation: Uuid, content: &str) -> Value {
+    json!({
+        "action": "send-message", "conversationId": conversation,
+        "content": content, "tempMessageId": content,
+    })
+}
+
+/// Sends `count` messages, `tag-0` … spread round-robin over `conversations`, without waiting.
+async fn burst(sender: &mut Client, conversations: &[Uuid], tag: &str, count: usize) {
+    for i in 0..count {
+        let c = conversations[i % conversations.len()];
+        sender.send(send(c, &format!("{tag}-{i}"))).await;
+    }
+}
+
+/// Every `new-message` content, checking that each conversation's are in sending order.
+fn contents(frames: &[Value]) -> Vec<String> {
+    let mut last: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for f in frames.iter().filter(|f| f["type"] == "new-message") {
+        let content = f["content"].as_str().unwrap().to_owned();
+        let n: usize = content.rsplit('-').next().unwrap().parse().unwrap();
+        let conversation = f["conversationId"].as_str().unwrap().to_owned();
+        let key = format!("{conversation}/{}", content.rsplit_once('-').unwrap().0);
+        if let Some(before) = last.insert(key, n) {
+            assert!(
+                before < n,
+                "per-conversation order broken: {before} then {n}"
+            );
+        }
+        assert!(
+            f["cursor"].as_str().is_some_and(|c| c.starts_with("c1.")),
+            "{f}"
+        );
+        out.push(content);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_reconnect_to_the_other_edge_gets_exactly_what_it_missed_then_live_frames() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let edge_a = env.spawn_edge_with(SENDS).await;
+    let edge_b = env.spawn_edge_with(SENDS).await;
+    // Enough conversations to land on every partition.
+    let mut conversations = Vec::new();
+    for _ in 0..8 {
+        conversations.push(conversation(&env, &["ann", "bob"]).await);
+    }
+
+    let mut bob = Client::connect(&env, &edge_b, "bob").await;
+    let mut ann = Client::connect(&env, &edge_a, "ann").await;
+    // Ann's cursor: the one of the last frame she received before dropping.
+    bob.send(send(conversations[0], "before-0")).await;
+    let first = ann.next().await;
+    assert_eq!(first["content"], "before-0");
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    drop(ann);
+
+    // While Ann is away: 200 messages over 8 conversations, sent back to back (many share a
+    // millisecond), one read of Ann's (owed to her) and one of Bob's (not hers).
+    burst(&mut bob, &conversations, "away", 200).await;
+    bob.send(json!({"action": "read-messages", "conversationId": conversations[1]}))
+        .await;
+    let mut ann_elsewhere = Client::connect(&env, &edge_b, "ann").await;
+    ann_elsewhere
+        .send(json!({"action": "read-messages", "conversationId": conversations[2]}))
+        .await;
+    ann_elsewhere.until("read-messages").await;
+    // Bob's own echoes tell when all of it is in the log.
+    let echoes = bob.until_count(201).await;
+    assert_eq!(echoes, 201);
+    drop(ann_elsewhere);
+
+    // Reconnect to the other edge and catch up while Bob keeps sending: the seam.
+    let mut ann = Client::connect(&env, &edge_b, "ann").await;
+    let started = std::time::Instant::now();
+    ann.catch_up(&cursor).await;
+    burst(&mut bob, &conversations, "during", 100).await;
+    let replay = ann.until("caught-up").await;
+    eprintln!(
+        "catch-up: {} frames (201 replayed, then the live ones held meanwhile) until caught-up in {:?}",
+        replay.len(),
+        started.elapsed()
+    );
+    let caught_up = replay.last().unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Then the rest of the live frames.
+    let mut live = Vec::new();
+    while live
+        .iter()
+        .filter(|f: &&Value| f["type"] == "new-message")
+        .count()
+        + replay
+            .iter()
+            .filter(|f| {
+                f["type"] == "new-message" && f["content"].as_str().unwrap().starts_with("during")
+            })
+            .count()
+        < 100
+    {
+        live.push(ann.next().await);
+    }
+    assert!(
+        ann.next_within(Duration::from_millis(500)).await.is_none(),
+        "nothing more"
+    );
+
+    let all: Vec<Value> = replay.iter().chain(&live).cloned().collect();
+    let got = contents(&all);
+    let unique: HashSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), got.len(), "no frame twice");
+    let expected: HashSet<String> = (0..200)
+        .map(|i| format!("away-{i}"))
+        .chain((0..100).map(|i| format!("during-{i}")))
+        .collect();
+    assert_eq!(
+        unique,
+        expected.iter().collect(),
+        "none missed, nothing else"
+    );
+    // Replayed frames all come before the live ones of the catch-up's seam.
+    let reads: Vec<&Value> = all
+        .iter()
+        .filter(|f| f["type"] == "read-messages")
+        .collect();
+    assert_eq!(reads.len(), 1, "only Ann's own read: {reads:?}");
+    assert_eq!(reads[0]["userId"], "ann");
+    assert_eq!(reads[0]["conversationId"], conversations[2].to_string());
+
+    // The cursor of the last frame, on a third edge started now (a restart): nothing missed.
+    let last_cursor = all.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+    drop(ann);
+    let edge_c = env.spawn_edge_with(SENDS).await;
+    let mut ann = Client::connect(&env, &edge_c, "ann").await;
+    ann.catch_up(&last_cursor).await;
+    let again = ann.until("caught-up").await;
+    assert_eq!(again.len(), 1, "nothing to replay: {again:?}");
+    // The caught-up cursor from before replays exactly the frames that followed it.
+    let mut ann2 = Client::connect(&env, &edge_a, "ann").await;
+    ann2.catch_up(&caught_up).await;
+    let after = ann2.until("caught-up").await;
+    let after: HashSet<String> = contents(&after).into_iter().collect();
+    let after_live: HashSet<String> = contents(&live).into_iter().collect();
+    assert_eq!(after, after_live, "the same frames as went live after it");
+    drop(edge_a);
+}
+
+#[tokio::test]
+async fn bounds_bad_cursors_and_rate_limits() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    // Every edge of a deployment has the same budgets (they share them in Redis).
+    let rates = [
+        ("CHAT_RATE_CATCH_UP_PER_MINUTE", "1"),
+        ("CHAT_RATE_CATCH_UP_BURST", "8"),
+        SENDS[0],
+        SENDS[1],
+    ];
+    let edge = env
+        .spawn_edge_with(&[&rates[..], &[("CHAT_WS_CATCH_UP_MAX_EVENTS", "20")]].concat())
+        .await;
+    let c = conversation(&env, &["ann", "bob"]).await;
+    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let mut ann = Client::connect(&env, &edge, "ann").await;
+    bob.send(send(c, "x-0")).await;
+    let cursor = ann.next().await["cursor"].as_str().unwrap().to_owned();
+    drop(ann);
+    burst(&mut bob, &[c], "y", 30).await;
+    assert_eq!(bob.until_count(31).await, 31);
+
+    // Too far behind: the answer says so, with a cursor to go on from after reading REST.
+    let mut ann = Client::connect(&env, &edge, "ann").await;
+    ann.catch_up(&cursor).await;
+    let gap = ann.next().await;
+    assert_eq!(gap["type"], "catch-up-gap", "{gap}");
+    assert_eq!(gap["reason"], "too_many_events");
+    assert!(gap["cursor"].as_str().unwrap().starts_with("c1."));
+
+    // Too old: an edge that replays nothing older than a second.
+    let strict = env
+        .spawn_edge_with(&[&rates[..], &[("CHAT_WS_CATCH_UP_MAX_AGE_SECS", "1")]].concat())
+        .await;
+    let mut ann = Client::connect(&env, &strict, "ann").await;
+    let mut bob_strict = Client::connect(&env, &strict, "bob").await;
+    bob_strict.send(send(c, "z-0")).await;
+    let recent = ann.next().await["cursor"].as_str().unwrap().to_owned();
+    drop(ann);
+    bob_strict.send(send(c, "z-1")).await;
+    assert_eq!(bob_strict.until_count(2).await, 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut ann = Client::connect(&env, &strict, "ann").await;
+    ann.catch_up(&recent).await;
+    let old = ann.next().await;
+    assert_eq!(old["type"], "catch-up-gap", "{old}");
+    assert_eq!(old["reason"], "too_old");
+
+    // Malformed and foreign cursors.
+    let tag = socket_edge::cursor::topic_tag(&env.topic);
+    let beyond_the_end = socket_edge::cursor::encode(tag, &[1 << 40; 4]);
+    let other_topic = socket_edge::cursor::encode(socket_edge::cursor::topic_tag("other"), &[0; 4]);
+    let too_few = socket_edge::cursor::encode(tag, &[0; 3]);
+    for bad in [
+        "nonsense".to_owned(),
+        format!("c1.{}", "A".repeat(20)),
+        foreign(&cursor),
+        other_topic,
+        too_few,
+        beyond_the_end,
+    ] {
+        let mut ann = Client::connect(&env, &edge, "ann").await;
+        ann.catch_up(&bad).await;
+        let error = ann.next().await;
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["code"], "invalid_cursor", "{bad}: {error}");
+    }
+    // Not the first frame.
+    let mut ann = Client::connect(&env, &edge, "ann").await;
+    ann.send(json!({"action": "heartbeat"})).await;
+    ann.catch_up(&cursor).await;
+    assert_eq!(ann.next().await["code"], "catch_up_too_late");
+    // The budget (8 at once: the gap, the too-old one, the six bad cursors; the late one was
+    // refused before it) is spent, on every edge: the next catch-up is refused.
+    let mut ann = Client::connect(&env, &edge, "ann").await;
+    ann.catch_up(gap["cursor"].as_str().unwrap()).await;
+    let limited = ann.next().await;
+    assert_eq!(limited["code"], "rate_limited", "{limited}");
+}
+
+/// The same positions under another log's tag (the tag is the first 8 characters after `c1.`).
+fn foreign(cursor: &str) -> String {
+    let mut chars: Vec<char> = cursor.chars().collect();
+    chars[3] = if chars[3] == 'A' { 'B' } else { 'A' };
+    chars.into_iter().collect()
+}
+
+impl Client {
+    /// Reads `count` `new-message` frames; returns how many came.
+    async fn until_count(&mut self, count: usize) -> usize {
+        let mut n = 0;
+        while n < count {
+            if self.next().await["type"] == "new-message" {
+                n += 1;
+            }
+        }
+        n
+    }
+}
