@@ -331,6 +331,7 @@ pub fn plan(old: &OldData) -> Plan {
             }),
         }
     }
+    let known: HashSet<Uuid> = old.conversations.iter().map(|c| c.id).collect();
     for message in &old.messages {
         let refuse = |reason: String| Refused {
             table: "message",
@@ -339,7 +340,7 @@ pub fn plan(old: &OldData) -> Plan {
         };
         let Some(target_id) = message.conversation_id.and_then(|c| moved.get(&c)) else {
             let reason = match message.conversation_id {
-                Some(c) if old.conversations.iter().any(|o| o.id == c) => {
+                Some(c) if known.contains(&c) => {
                     format!("its conversation {c} is refused")
                 }
                 Some(c) => format!("unknown conversation {c}"),
@@ -703,4 +704,178 @@ pub async fn run(kafka: &KafkaArgs, args: &ImportArgs) -> anyhow::Result<Outcome
     }
     outcome.elapsed = started.elapsed();
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(second: u32) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_620_000_000 + i64::from(second), 0).unwrap()
+    }
+
+    fn conversation(id: u128, by: &str, group: bool, users: &[&str]) -> OldConversation {
+        OldConversation {
+            id: Uuid::from_u128(id),
+            created_by: by.into(),
+            created_at: Some(at(id as u32)),
+            title: group.then(|| "g".to_owned()),
+            is_group: Some(group),
+            participants: users.iter().map(|u| u.to_string()).collect(),
+        }
+    }
+
+    fn message(id: u128, conversation: u128, second: u32, sender: &str) -> OldMessage {
+        OldMessage {
+            id: Uuid::from_u128(id),
+            conversation_id: Some(Uuid::from_u128(conversation)),
+            sent_at: at(second),
+            sender_id: sender.into(),
+            content: format!("m{id}"),
+        }
+    }
+
+    fn types(plan: &ConversationPlan) -> Vec<String> {
+        plan.events
+            .iter()
+            .map(|e| match &e.event {
+                Event::ConversationCreated(_) => "created".to_owned(),
+                Event::MessageSent(m) => format!("m{}", m.message_id.as_u128()),
+                Event::MessagesRead(r) => format!("read:{}", r.user_id),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn duplicates_merge_in_time_order_with_reads_after_the_newest_read_message() {
+        let old = OldData {
+            conversations: vec![
+                conversation(2, "bob", false, &["bob", "amy"]),
+                conversation(1, "amy", false, &["amy", "bob"]),
+            ],
+            messages: vec![
+                message(10, 1, 10, "amy"),
+                message(30, 2, 10, "bob"), // the same instant: message id order
+                message(20, 2, 20, "bob"),
+                message(40, 1, 30, "amy"),
+            ],
+            reads: vec![OldRead {
+                conversation_id: Uuid::from_u128(2),
+                user_id: "amy".into(),
+                sent_at: at(10),
+                message_id: Uuid::from_u128(30),
+            }],
+        };
+        let plan = plan(&old);
+        assert!(plan.refused.is_empty());
+        let [only] = plan.conversations.as_slice() else {
+            panic!("one conversation: {plan:?}")
+        };
+        assert_eq!(
+            only.conversation_id,
+            events::direct_conversation_id("amy", "bob")
+        );
+        assert_eq!(only.sources, [Uuid::from_u128(1), Uuid::from_u128(2)]);
+        // amy read m30 and sent m40 herself; bob never read anything but sent m20.
+        assert_eq!(
+            types(only),
+            [
+                "created", "m10", "m30", "m20", "read:bob", "m40", "read:amy"
+            ]
+        );
+        let Event::ConversationCreated(created) = &only.events[0].event else {
+            unreachable!()
+        };
+        assert_eq!(
+            created.created_by, "amy",
+            "the earliest duplicate's creator"
+        );
+        assert_eq!(only.events[0].accepted_at, Timestamp::from(at(1)));
+        // Ids are derived: planning again gives the same events.
+        let again = super::plan(&old);
+        assert_eq!(again.conversations[0].events, only.events);
+    }
+
+    #[test]
+    fn what_the_log_holds_is_skipped_and_the_rest_kept_in_order() {
+        let old = OldData {
+            conversations: vec![conversation(1, "amy", true, &["amy", "bob", "cy"])],
+            messages: (0..5)
+                .map(|i| message(10 + i, 1, i as u32, "bob"))
+                .collect(),
+            reads: Vec::new(),
+        };
+        let plan = plan(&old);
+        let events: Vec<Uuid> = plan.events().map(|e| e.event_id).collect();
+        let held: HashSet<Uuid> = events[..3].iter().copied().collect();
+        let rest = remaining(&plan, &held);
+        assert_eq!((rest.held, rest.out_of_order), (3, 0));
+        assert_eq!(
+            rest.events.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+            events[3..]
+        );
+        // A hole before a held event is filled, and said to be out of order.
+        let held: HashSet<Uuid> = [events[0], events[2]].into();
+        let rest = remaining(&plan, &held);
+        assert_eq!((rest.held, rest.out_of_order), (2, 1));
+    }
+
+    #[test]
+    fn rows_that_break_the_contract_are_refused_whole() {
+        let old = OldData {
+            conversations: vec![
+                conversation(1, "amy", true, &["amy", "bob"]),
+                conversation(2, "amy", false, &["amy", ""]),
+                conversation(3, "amy", false, &["amy"]),
+                conversation(4, "zed", true, &["amy", "bob"]),
+            ],
+            messages: vec![
+                message(10, 1, 1, "amy"),
+                message(11, 1, 2, "cy"),
+                OldMessage {
+                    content: "a\0b".into(),
+                    ..message(12, 1, 3, "amy")
+                },
+                OldMessage {
+                    content: "é".repeat(1001),
+                    ..message(13, 1, 4, "amy")
+                },
+                message(14, 2, 1, "amy"),
+                message(15, 9, 1, "amy"),
+                OldMessage {
+                    conversation_id: None,
+                    ..message(16, 1, 1, "amy")
+                },
+            ],
+            reads: Vec::new(),
+        };
+        let plan = plan(&old);
+        let refused: Vec<(&str, u128)> = plan
+            .refused
+            .iter()
+            .map(|r| (r.table, r.id.as_u128()))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                ("conversation", 2),
+                ("conversation", 3),
+                ("conversation", 4),
+                ("message", 11),
+                ("message", 12),
+                ("message", 13),
+                ("message", 14),
+                ("message", 15),
+                ("message", 16),
+            ]
+        );
+        assert_eq!(
+            plan.counts(),
+            Counts {
+                conversations: 1,
+                messages: 1,
+                reads: 1
+            }
+        );
+    }
 }
