@@ -441,3 +441,105 @@ async fn the_old_database_is_imported_once_and_answers_through_the_contract() {
     .unwrap();
     assert_eq!(created, "2021-05-01 10:00:00.000");
 }
+
+/// An import killed (SIGKILL) while appending, then run again: every planned event is in the
+/// log exactly once, each conversation's in the planned order.
+#[tokio::test]
+async fn an_import_killed_mid_append_and_run_again_appends_nothing_twice() {
+    let env = TestEnv::new().await;
+    let (url, old) = old_database(&env).await;
+    sqlx::raw_sql(
+        "CREATE TEMP TABLE members AS
+           SELECT c, ('00000000-0000-4000-8000-' || lpad(to_hex(c), 12, '0'))::uuid AS id,
+                  ARRAY['user' || c % 50, 'user' || (c % 50 + 1 + c / 50) % 50] AS users
+             FROM generate_series(1, 300) c;
+         INSERT INTO conversation_table
+           SELECT id, users[1], timestamp '2021-01-01' + c * interval '1 second', NULL, false
+             FROM members;
+         INSERT INTO participant_table SELECT unnest(users), id FROM members;
+         CREATE TEMP TABLE generated AS
+           SELECT gen_random_uuid() AS message_id, id AS conversation_id,
+                  timestamptz '2021-02-01 00:00:00+00' + (n / 3) * interval '10 ms' AS sent_at,
+                  users[1 + (n / 300) % 2] AS sender_id, 'message ' || n AS content, users
+             FROM generate_series(1, 30000) n JOIN members ON members.c = 1 + n % 300;
+         INSERT INTO message_table
+           SELECT message_id, conversation_id, sent_at, sender_id, content FROM generated;
+         INSERT INTO message_is_read_table
+           SELECT message_id, r, r = sender_id FROM generated, unnest(users) r;",
+    )
+    .execute(&old)
+    .await
+    .unwrap();
+    let plan = ops::import::plan(&ops::import::load(&old).await.unwrap());
+    let planned = plan.counts().events() as i64;
+    assert!(plan.refused.is_empty());
+
+    let mut import = tokio::process::Command::new(binary_path("chatctl"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.service_env())
+        .args(["import-pagenow", "--from", &url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chatctl");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let at_kill = loop {
+        let records = log_records(&env).await;
+        if records > 1_000 {
+            import.start_kill().unwrap();
+            break records;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the import never appended"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    import.wait().await.unwrap();
+    let after_kill = log_records(&env).await;
+    assert!(
+        after_kill < planned,
+        "killed too late to test anything ({at_kill}, then {after_kill} of {planned})"
+    );
+
+    let (code, out, err) = chatctl(&env, &["import-pagenow", "--from", &url]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("already in the log: {after_kill}")),
+        "{out}"
+    );
+    assert!(!out.contains("warning"), "{out}");
+    assert_eq!(log_records(&env).await, planned);
+    assert_eq!(log_event_ids(&env).await.len() as i64, planned);
+
+    // Each conversation's events are in the log in the planned order.
+    let consumer = ops::log::reader(&env.brokers).unwrap();
+    let spans = ops::log::watermarks(&consumer, &env.topic)
+        .unwrap()
+        .into_iter()
+        .map(|(partition, (start, end))| ops::log::Span {
+            partition,
+            start,
+            end,
+        })
+        .collect();
+    let mut in_log: std::collections::HashMap<Uuid, Vec<Uuid>> = Default::default();
+    let mut batches = ops::log::read(&env.kafka_args(), spans, 5_000);
+    while let Some(batch) = batches.recv().await {
+        let mut batch = batch.unwrap();
+        batch.sort_by_key(|r| (r.partition, r.offset));
+        for record in batch {
+            let envelope = events::Envelope::decode(record.payload.as_deref().unwrap()).unwrap();
+            in_log
+                .entry(envelope.event.conversation_id())
+                .or_default()
+                .push(envelope.event_id);
+        }
+    }
+    for conversation in &plan.conversations {
+        let want: Vec<Uuid> = conversation.events.iter().map(|e| e.event_id).collect();
+        assert_eq!(in_log[&conversation.conversation_id], want);
+    }
+}
