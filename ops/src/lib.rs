@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod export;
+pub mod import;
 pub mod log;
 pub mod rebuild;
 pub mod replay;

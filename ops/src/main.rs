@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ops::{export, rebuild, verify};
+use ops::{export, import, rebuild, verify};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,6 +34,10 @@ enum Command {
     /// Print or export events as JSON lines, from an offset or a time, filtered by type or
     /// conversation.
     Events(export::EventsArgs),
+    /// Import the old PageNow database: append its conversations, messages and read state as
+    /// events (direct duplicates merged, ids kept). Run again, it appends only what the log
+    /// does not hold yet.
+    ImportPagenow(import::ImportArgs),
     /// Print the JSON Schema of the log's events (the published copy is
     /// events/schema/chat-events.schema.json).
     Schema,
@@ -98,6 +102,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     String::new()
                 }
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ImportPagenow(args) => {
+            let outcome = import::run(&cli.kafka, &args).await?;
+            let report = outcome.render(args.dry_run);
+            if args.dry_run {
+                // stdout holds the events; the report goes beside them.
+                eprint!("{report}");
+            } else {
+                print!("{report}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
