@@ -260,6 +260,9 @@ const HINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest the broker holds a fetch while it has less than 64 KiB for us.
 const FETCH_WAIT: Duration = Duration::from_millis(10);
 
+/// How long a projector that died without a goodbye holds its partitions.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
 /// No record for this long (a fetch's wait and a margin) means the log is quiet: the batch in
 /// hand is applied without waiting out the gather window.
 const QUIET: Duration = Duration::from_millis(12);
@@ -270,6 +273,17 @@ impl Projector {
         let consumer: StreamConsumer<Context> = ClientConfig::new()
             .set("bootstrap.servers", &kafka.brokers)
             .set("group.id", &args.group)
+            // A projector that dies without leaving the group (SIGKILL, a lost machine) holds
+            // its partitions until its session expires: the shortest the broker allows by
+            // default (group.min.session.timeout.ms), not librdkafka's 45 s.
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (SESSION_TIMEOUT / 3).as_millis().to_string(),
+            )
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "5000")
