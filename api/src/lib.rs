@@ -66,7 +66,8 @@ pub struct RateArgs {
         long,
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379",
-        hide_default_value = true
+        hide_default_value = true,
+        hide_env_values = true
     )]
     pub redis_url: secrecy::SecretString,
     /// Prefix of every Redis key this service writes.

@@ -13,6 +13,9 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use crate::catch_up::Gap;
+use crate::cursor::{self, CursorFlaw};
+use crate::delivery::{new_message_frame, read_messages_frame};
 use crate::frames::{Code, Command, Rejection, SendMessage, ServerFrame};
 use crate::{
     CLOSE_DELIVERY_LOST, CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE,
@@ -125,7 +128,7 @@ pub fn document() -> Value {
             "messages": [pick(&client_refs, "send-message")],
             "reply": {
                 "channel": socket,
-                "messages": [pick(&server_refs, "new-message"), error],
+                "messages": [pick(&server_refs, "new-message"), error.clone()],
             },
         },
         "readMessages": {
@@ -136,8 +139,32 @@ pub fn document() -> Value {
             "messages": [pick(&client_refs, "read-messages")],
             "reply": {
                 "channel": socket,
-                "messages": [pick(&server_refs, "read-messages"), error],
+                "messages": [pick(&server_refs, "read-messages"), error.clone()],
             },
+        },
+        "catchUp": {
+            "action": "receive",
+            "channel": socket,
+            "title": "A reconnecting client catches up",
+            "description": "Only as the connection's first frame, within CHAT_WS_CATCH_UP_GRACE_MS (2000 by default) of the connection opening; live frames are held back meanwhile. The edge reads the log back from the client's cursor to where this connection joined the log, sends the new-message and read-messages frames the user is owed after the cursor (in log order, each with its cursor), then the live frames held back, then caught-up; nothing is lost or repeated at the seam. When more than CHAT_WS_CATCH_UP_MAX_EVENTS (10000) events followed the cursor, one of them is older than CHAT_WS_CATCH_UP_MAX_AGE_SECS (86400), or the log no longer holds them, nothing is replayed and catch-up-gap says why: read history over REST. Either way the connection is live afterwards. Refusals (an error frame): invalid_cursor (not a cursor, or one of another log), catch_up_too_late (not the first frame, or after the grace), rate_limited (CHAT_RATE_CATCH_UP_PER_MINUTE, CHAT_RATE_CATCH_UP_BURST, per user across edges), unavailable.",
+            "messages": [pick(&client_refs, "catch-up")],
+            "reply": {
+                "channel": socket,
+                "messages": [
+                    pick(&server_refs, "new-message"),
+                    pick(&server_refs, "read-messages"),
+                    pick(&server_refs, "caught-up"),
+                    pick(&server_refs, "catch-up-gap"),
+                    error.clone(),
+                ],
+            },
+        },
+        "endCatchUp": {
+            "action": "send",
+            "channel": socket,
+            "title": "The edge ends a catch-up",
+            "description": "caught-up after the replayed frames, or catch-up-gap instead of them; live frames follow, each with its cursor.",
+            "messages": [pick(&server_refs, "caught-up"), pick(&server_refs, "catch-up-gap")],
         },
         "deliverNewMessage": {
             "action": "send",
@@ -251,7 +278,7 @@ pub fn document_text() -> String {
 
 fn socket_description() -> String {
     let mut text = String::from(
-        "Frames are text, one JSON object each. A client sends frames with an `action`; the edge sends frames with a `type`. Frames of one connection are handled in the order sent. A rejected frame gets an `error` frame on that connection only, which stays open. Clients must ignore frame types and fields they do not know.\n\nClose codes the edge sends:\n",
+        "Frames are text, one JSON object each. A client sends frames with an `action`; the edge sends frames with a `type`. Frames of one connection are handled in the order sent. A rejected frame gets an `error` frame on that connection only, which stays open. Clients must ignore frame types and fields they do not know.\n\nEvery new-message and read-messages frame from the log carries a `cursor`, an opaque position in the log. A client that reconnects sends the last cursor it received in a `catch-up` frame, as its first frame, to get what it missed (see the catchUp operation).\n\nClose codes the edge sends:\n",
     );
     for (code, when) in CLOSE_CODES {
         text.push_str(&format!("- {code}: {when}\n"));
@@ -330,6 +357,14 @@ fn example_time(text: &str) -> Timestamp {
     serde_json::from_value(json!(text)).expect("an example timestamp")
 }
 
+/// The topic of the examples.
+const EXAMPLE_TOPIC: &str = "chat.events";
+
+/// A cursor of the example topic (4 partitions), by the real encoder.
+fn example_cursor(next: &[i64]) -> String {
+    cursor::encode(cursor::topic_tag(EXAMPLE_TOPIC), next)
+}
+
 fn client_example(action: &str) -> Value {
     let conversation_id = example_id(1);
     let command = match action {
@@ -340,6 +375,9 @@ fn client_example(action: &str) -> Value {
             temp_message_id: "7b0c3c8e-2f0e-4a5e-9a43-7f1c2d3e4f50".into(),
         }),
         "read-messages" => Command::ReadMessages { conversation_id },
+        "catch-up" => Command::CatchUp {
+            cursor: example_cursor(&[1041, 977, 1210, 1003]),
+        },
         other => panic!("no example of {other}"),
     };
     serde_json::to_value(command).expect("a frame serialises")
@@ -348,30 +386,46 @@ fn client_example(action: &str) -> Value {
 fn server_examples(kind: &str) -> Vec<Value> {
     let conversation_id = example_id(1);
     let frames = match kind {
-        "new-message" => vec![
-            ServerFrame::NewMessage {
-                message_id: events::message_id(
-                    "alice",
-                    conversation_id,
-                    "7b0c3c8e-2f0e-4a5e-9a43-7f1c2d3e4f50",
-                ),
-                temp_message_id: "7b0c3c8e-2f0e-4a5e-9a43-7f1c2d3e4f50",
+        "new-message" => {
+            let temp = "7b0c3c8e-2f0e-4a5e-9a43-7f1c2d3e4f50";
+            let sent_at = example_time("2021-09-26T10:33:11.123Z");
+            let message = MessageSent {
                 conversation_id,
-                sender_id: "alice",
-                content: "Hello 👋",
-                sent_at: example_time("2021-09-26T10:33:11.123Z"),
-                cursor: None,
+                message_id: events::message_id("alice", conversation_id, temp),
+                sender_id: "alice".into(),
+                content: "Hello 👋".into(),
+                temp_message_id: temp.into(),
+                sent_at,
+            };
+            vec![new_message_frame(
+                &message,
+                sent_at,
+                &example_cursor(&[1042, 977, 1210, 1003]),
+            )]
+        }
+        "read-messages" => vec![read_messages_frame(
+            &MessagesRead {
+                conversation_id,
+                user_id: "bob".into(),
+            },
+            &example_cursor(&[1042, 978, 1210, 1003]),
+        )],
+        "caught-up" => vec![
+            ServerFrame::CaughtUp {
+                cursor: &example_cursor(&[1042, 978, 1210, 1003]),
             }
             .to_json(),
         ],
-        "read-messages" => vec![
-            ServerFrame::ReadMessages {
-                conversation_id,
-                user_id: "bob",
-                cursor: None,
-            }
-            .to_json(),
-        ],
+        "catch-up-gap" => Gap::ALL
+            .iter()
+            .map(|gap| {
+                ServerFrame::CatchUpGap {
+                    reason: gap.as_str(),
+                    cursor: &example_cursor(&[25_730, 24_911, 26_102, 25_377]),
+                }
+                .to_json()
+            })
+            .collect(),
         "error" => {
             let mut unknown = Rejection::new(Code::UnknownConversation, "no such conversation");
             unknown.temp_message_id = Some("t1".into());
@@ -380,6 +434,8 @@ fn server_examples(kind: &str) -> Vec<Value> {
                 unknown.to_frame(),
                 Rejection::rate_limited(std::time::Duration::from_millis(480)).to_frame(),
                 Rejection::new(Code::InvalidJson, "the frame is not valid JSON").to_frame(),
+                Rejection::invalid_cursor(CursorFlaw::Malformed).to_frame(),
+                Rejection::catch_up_too_late().to_frame(),
             ]
         }
         other => panic!("no example of {other}"),

@@ -29,18 +29,24 @@ pub struct CatchUpLimits {
     pub patience: Duration,
 }
 
-/// Why a catch-up answers with a gap instead of frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a catch-up answers with a gap instead of frames (the `reason` of `catch-up-gap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub enum Gap {
-    /// More than [`CatchUpLimits::max_events`] events followed the cursor.
+    /// More than `CHAT_WS_CATCH_UP_MAX_EVENTS` events of the log followed the cursor.
+    #[serde(rename = "too_many_events")]
     TooMany,
-    /// An event to replay is older than [`CatchUpLimits::max_age`].
+    /// An event to replay is older than `CHAT_WS_CATCH_UP_MAX_AGE_SECS`.
+    #[serde(rename = "too_old")]
     TooOld,
     /// The log no longer holds the events after the cursor (retention).
+    #[serde(rename = "log_truncated")]
     Truncated,
 }
 
 impl Gap {
+    /// Every reason, for the document and the tests.
+    pub const ALL: [Gap; 3] = [Gap::TooMany, Gap::TooOld, Gap::Truncated];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Gap::TooMany => "too_many_events",

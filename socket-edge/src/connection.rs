@@ -478,10 +478,7 @@ impl Handler {
     /// as the connection's first frame: whatever happens, the connection is live after it.
     async fn catch_up(&mut self, cursor: &str) -> Result<(), Rejection> {
         if !self.holding {
-            return Err(Rejection::new(
-                Code::CatchUpTooLate,
-                "catch-up must be the first frame of a connection, sent within the catch-up grace; reconnect to catch up",
-            ));
+            return Err(Rejection::catch_up_too_late());
         }
         self.holding = false;
         let replayed = self.replay(cursor).await;
@@ -500,9 +497,7 @@ impl Handler {
             ));
         };
         let tag = cursor::topic_tag(&self.edge.kafka.topic);
-        let from = Cursor::decode(text, tag, join.len()).map_err(|flaw| {
-            Rejection::new(Code::InvalidCursor, format!("Invalid 'cursor': {flaw}"))
-        })?;
+        let from = Cursor::decode(text, tag, join.len()).map_err(Rejection::invalid_cursor)?;
         let limits = self.edge.limits.catch_up;
         let replay = catch_up::replay(
             &self.edge.kafka,
@@ -535,10 +530,7 @@ impl Handler {
                 None
             }
             Replay::BeyondTheEnd => {
-                return Err(Rejection::new(
-                    Code::InvalidCursor,
-                    format!("Invalid 'cursor': {}", cursor::CursorFlaw::Foreign),
-                ));
+                return Err(Rejection::invalid_cursor(cursor::CursorFlaw::Foreign));
             }
             Replay::Gap(gap) => {
                 metrics::counter!("chat_ws_catch_ups_total", "outcome" => gap.as_str())

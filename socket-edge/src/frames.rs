@@ -32,9 +32,16 @@ pub enum Command {
     /// `read-messages` frame to every connection of the reader (even when nothing was unread),
     /// or by an `error` frame.
     ReadMessages { conversation_id: Uuid },
-    /// Replays what followed `cursor` (opaque to clients: read against the log's shape), then a
-    /// `caught-up` frame; or a `catch-up-gap` frame when that is too much.
-    CatchUp { cursor: String },
+    /// Only as the connection's first frame, within the catch-up grace
+    /// (`CHAT_WS_CATCH_UP_GRACE_MS`) after it opened: replays the `new-message` and
+    /// `read-messages` frames the user is owed after `cursor`, then the live frames held back
+    /// meanwhile, then a `caught-up` frame; or a `catch-up-gap` frame when the gap is too large.
+    /// Refused with `invalid_cursor`, `catch_up_too_late`, `rate_limited` or `unavailable`.
+    CatchUp {
+        /// The `cursor` of the last `new-message`, `read-messages`, `caught-up` or
+        /// `catch-up-gap` frame the client received, exactly as received (opaque).
+        cursor: String,
+    },
 }
 
 /// A valid `send-message` frame.
@@ -81,10 +88,10 @@ pub enum Code {
     InvalidJson,
     /// The frame is JSON but not an object, or a binary frame.
     InvalidFrame,
-    /// `action` is none of `heartbeat`, `send-message`, `read-messages`.
+    /// `action` is none of `heartbeat`, `send-message`, `read-messages`, `catch-up`.
     UnknownAction,
-    /// `action`, `conversationId`, `content` or `tempMessageId` is missing (the message names
-    /// it).
+    /// `action`, `conversationId`, `content`, `tempMessageId` or `cursor` is missing (the
+    /// message names it).
     MissingField,
     /// A field has the wrong type, `conversationId` is not a UUID, or `tempMessageId` is empty,
     /// over 200 characters or holds U+0000.
@@ -109,7 +116,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, for the document and the tests.
-    pub const ALL: [Code; 10] = [
+    pub const ALL: [Code; 12] = [
         Code::InvalidJson,
         Code::InvalidFrame,
         Code::UnknownAction,
@@ -120,6 +127,8 @@ impl Code {
         Code::SendInProgress,
         Code::Unavailable,
         Code::RateLimited,
+        Code::InvalidCursor,
+        Code::CatchUpTooLate,
     ];
 }
 
@@ -165,6 +174,20 @@ impl Rejection {
                 format!("too many frames of this kind; retry in {retry_after_ms} ms"),
             )
         }
+    }
+
+    /// `invalid_cursor`: a `catch-up` cursor this edge cannot read.
+    pub fn invalid_cursor(flaw: crate::cursor::CursorFlaw) -> Self {
+        Self::new(Code::InvalidCursor, format!("Invalid 'cursor': {flaw}"))
+    }
+
+    /// `catch_up_too_late`: a `catch-up` that is not the connection's first frame, or came
+    /// after the catch-up grace.
+    pub fn catch_up_too_late() -> Self {
+        Self::new(
+            Code::CatchUpTooLate,
+            "catch-up must be the first frame of a connection, sent within the catch-up grace; reconnect to catch up",
+        )
     }
 
     /// Echoes the identifying fields of the rejected frame, when it had them as strings.
@@ -296,8 +319,10 @@ pub enum ServerFrame<'a> {
         content: &'a str,
         /// The same string in every frame and REST response of the message.
         sent_at: Timestamp,
-        /// Where this frame stands in the log; always the last field (see `delivery::restamp`).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        /// Where this frame stands in the log, for a later `catch-up`. Always the last field
+        /// (see `delivery::restamp`).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        #[schemars(with = "CursorText")]
         cursor: Option<&'a str>,
     },
     /// The user read the conversation: to every open connection of the reader and no one
@@ -305,15 +330,26 @@ pub enum ServerFrame<'a> {
     ReadMessages {
         conversation_id: Uuid,
         user_id: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        /// Where this frame stands in the log, for a later `catch-up`.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        #[schemars(with = "CursorText")]
         cursor: Option<&'a str>,
     },
-    /// The end of a catch-up: every frame before `cursor` has been sent.
-    CaughtUp { cursor: &'a str },
-    /// A catch-up refused because the gap is too large: read history over REST, then go on
-    /// from `cursor`.
+    /// The end of a catch-up: every frame the user was owed before `cursor` has been sent;
+    /// live frames follow.
+    CaughtUp {
+        /// Where the connection now stands in the log.
+        #[schemars(with = "CursorText")]
+        cursor: &'a str,
+    },
+    /// A catch-up refused because the gap is too large: nothing was replayed; read history
+    /// over REST, then go on from `cursor` (live frames follow).
     CatchUpGap {
+        /// Why nothing was replayed.
+        #[schemars(with = "crate::catch_up::Gap")]
         reason: &'static str,
+        /// Where the connection now stands in the log.
+        #[schemars(with = "CursorText")]
         cursor: &'a str,
     },
     /// A client frame was refused: to the connection that sent it only, which stays open.
@@ -335,6 +371,27 @@ pub enum ServerFrame<'a> {
         retry_after_ms: Option<u64>,
     },
 }
+
+/// The schema of a cursor the edge sends: opaque to clients, who send it back as it is.
+pub struct CursorText;
+
+impl JsonSchema for CursorText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cursor".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": CURSOR_PATTERN,
+            "maxLength": crate::cursor::MAX_CURSOR_CHARS,
+            "description": "Opaque: a position in the log, to send back in a `catch-up` frame exactly as received."
+        })
+    }
+}
+
+/// The text form of a cursor the edge writes (`cursor::encode`).
+pub const CURSOR_PATTERN: &str = r"^c1\.[A-Za-z0-9_-]+$";
 
 impl ServerFrame<'_> {
     pub fn to_json(&self) -> String {
@@ -483,6 +540,9 @@ mod tests {
                 temp_message_id: "t1".into(),
             }),
             Command::ReadMessages { conversation_id },
+            Command::CatchUp {
+                cursor: "c1.uQq78lndBJII0ge6CesH".into(),
+            },
         ] {
             let frame = serde_json::to_string(&command).unwrap();
             assert_eq!(parse(&frame), Ok(command), "{frame}");

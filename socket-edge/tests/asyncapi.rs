@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use socket_edge::asyncapi::{CLOSE_CODES, PUBLISHED, document, document_text};
+use socket_edge::catch_up::Gap;
 use socket_edge::frames::{self, Code};
 
 fn published_path() -> PathBuf {
@@ -54,6 +55,11 @@ fn every_example_is_valid_against_its_payload_and_parsed_by_the_edge() {
             if let Err(e) = validator.validate(payload) {
                 panic!("{name}: example {payload} is invalid: {e}");
             }
+            if let Some(cursor) = payload.get("cursor") {
+                let tag = socket_edge::cursor::topic_tag("chat.events");
+                socket_edge::cursor::Cursor::decode(cursor.as_str().unwrap(), tag, 4)
+                    .unwrap_or_else(|e| panic!("{name}: the edge cannot read its cursor: {e}"));
+            }
             if name.starts_with("action.") {
                 frames::parse(&payload.to_string())
                     .unwrap_or_else(|r| panic!("{name}: the edge refuses its example: {r:?}"));
@@ -74,8 +80,11 @@ fn the_socket_is_described_completely() {
         "action.heartbeat",
         "action.send-message",
         "action.read-messages",
+        "action.catch-up",
         "frame.new-message",
         "frame.read-messages",
+        "frame.caught-up",
+        "frame.catch-up-gap",
         "frame.error",
         "ConversationCreated.v1",
         "ConversationCreated.v2",
@@ -84,7 +93,7 @@ fn the_socket_is_described_completely() {
     ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
-    assert_eq!(names.len(), 10, "{names:?}");
+    assert_eq!(names.len(), 13, "{names:?}");
 
     // Every error code, each with its meaning.
     let code = &doc["components"]["messages"]["frame.error"]["payload"]["properties"]["code"];
@@ -103,6 +112,34 @@ fn the_socket_is_described_completely() {
         let json = serde_json::to_value(code).unwrap();
         assert_eq!(json, code.as_str(), "the wire name is the metric's name");
     }
+
+    // Every cursor the edge sends is described, and every reason of a gap.
+    for name in [
+        "frame.new-message",
+        "frame.read-messages",
+        "frame.caught-up",
+        "frame.catch-up-gap",
+    ] {
+        let cursor = &doc["components"]["messages"][name]["payload"]["properties"]["cursor"];
+        assert_eq!(cursor["pattern"], frames::CURSOR_PATTERN, "{name}");
+    }
+    let reasons: Vec<&str> = doc["components"]["messages"]["frame.catch-up-gap"]["payload"]
+        ["properties"]["reason"]["oneOf"]
+        .as_array()
+        .expect("reasons as a oneOf of constants")
+        .iter()
+        .map(|r| {
+            assert!(r["description"].is_string(), "{r} has no description");
+            r["const"].as_str().or(r["enum"][0].as_str()).unwrap()
+        })
+        .collect();
+    let all: Vec<&str> = Gap::ALL.iter().map(|g| g.as_str()).collect();
+    assert_eq!(reasons, all);
+    for gap in Gap::ALL {
+        assert_eq!(serde_json::to_value(gap).unwrap(), gap.as_str());
+    }
+    let client = &doc["components"]["messages"]["action.catch-up"]["payload"];
+    assert_eq!(client["required"], serde_json::json!(["action", "cursor"]));
 
     // Every close code.
     let closes: Vec<u64> = doc["channels"]["socket"]["x-close-codes"]

@@ -269,6 +269,38 @@ mod tests {
         assert!(
             check_server_frame(&json!({"type": "error", "code": "nope", "message": "m"})).is_err()
         );
+        let cursor = "c1.uQq78lndBJII0ge6CesH";
+        assert_eq!(
+            check_client_frame(&json!({"action": "catch-up", "cursor": cursor})),
+            Ok("action.catch-up")
+        );
+        assert!(check_client_frame(&json!({"action": "catch-up"})).is_err());
+        assert_eq!(
+            check_server_frame(&json!({"type": "read-messages", "conversationId": id,
+                "userId": "bob", "cursor": cursor})),
+            Ok("frame.read-messages")
+        );
+        assert_eq!(
+            check_server_frame(&json!({"type": "caught-up", "cursor": cursor})),
+            Ok("frame.caught-up")
+        );
+        assert_eq!(
+            check_server_frame(
+                &json!({"type": "catch-up-gap", "reason": "too_old", "cursor": cursor})
+            ),
+            Ok("frame.catch-up-gap")
+        );
+        assert!(
+            check_server_frame(
+                &json!({"type": "catch-up-gap", "reason": "bored", "cursor": cursor})
+            )
+            .is_err()
+        );
+        assert!(check_server_frame(&json!({"type": "caught-up", "cursor": "not one"})).is_err());
+        assert_eq!(
+            check_server_frame(&json!({"type": "error", "code": "invalid_cursor", "message": "m"})),
+            Ok("frame.error")
+        );
         let record = json!({"type": "MessagesRead", "version": 1, "eventId": id,
             "acceptedAt": "2021-09-26T10:33:11.123Z", "data": {"conversationId": id, "userId": "bob"}});
         let bytes = record.to_string().into_bytes();

@@ -1,10 +1,11 @@
 //! Catch-up after a reconnect, against the real stack: real clients, two edges, the projector,
-//! Kafka (4 partitions), Postgres and Redis.
+//! Kafka (4 partitions), Postgres and Redis. Every frame a client sends or receives here must be
+//! a message of the AsyncAPI document (`socket-edge/asyncapi.json`), as in tests/websocket.rs.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use chat_tests::{Service, TestEnv};
+use chat_tests::{Service, TestEnv, asyncapi};
 use events::{ConversationCreated, Envelope, Event};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -34,6 +35,9 @@ impl Client {
     }
 
     async fn send(&mut self, frame: Value) {
+        if let Err(e) = asyncapi::check_client_frame(&frame) {
+            panic!("the AsyncAPI document does not describe the frame {frame}:\n{e}");
+        }
         self.ws
             .send(Message::text(frame.to_string()))
             .await
@@ -58,9 +62,7 @@ impl Client {
                 .await
                 .ok()?
             {
-                Some(Ok(Message::Text(text))) => {
-                    return Some(serde_json::from_str(&text).expect("frames are JSON"));
-                }
+                Some(Ok(Message::Text(text))) => return Some(received(&text)),
                 Some(Ok(Message::Close(frame))) => panic!("closed by the server: {frame:?}"),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => panic!("connection failed: {e}"),
@@ -81,6 +83,23 @@ impl Client {
             }
         }
     }
+}
+
+/// A text frame from the edge, as JSON; panics unless the AsyncAPI document describes it (as
+/// one message, with no field it does not declare). Every frame here but `error` comes from
+/// the log or ends a catch-up, so it carries a cursor.
+fn received(text: &str) -> Value {
+    let frame: Value = serde_json::from_str(text).expect("frames are JSON");
+    let name = asyncapi::check_server_frame(&frame).unwrap_or_else(|e| {
+        panic!("the AsyncAPI document does not describe the received frame {frame}:\n{e}")
+    });
+    if name != "frame.error" {
+        assert!(
+            frame["cursor"].is_string(),
+            "{name} without a cursor: {frame}"
+        );
+    }
+    frame
 }
 
 /// A conversation, once the projection knows it.

@@ -50,7 +50,8 @@ struct Args {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://chat:chat@127.0.0.1:5432/chat"
+        default_value = "postgres://chat:chat@127.0.0.1:5432/chat",
+        hide_env_values = true
     )]
     database_url: String,
 }
