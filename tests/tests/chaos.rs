@@ -21,8 +21,8 @@ async fn every_acknowledged_message_survives_each_kind_of_kill_exactly_once() {
     let plan = Plan {
         senders: 4,
         rate_per_sender: 10.0,
-        messages_per_sender: 300,
-        fault_every: Duration::from_secs(5),
+        messages_per_sender: 500,
+        fault_every: Duration::from_secs(4),
         down_for: Duration::from_secs(1),
         faults: Fault::ALL.to_vec(),
         groups: 6,
