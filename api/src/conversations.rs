@@ -155,10 +155,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     };
     let key = value.to_str().map_err(|_| invalid())?;
     // The draft's examples quote the key (a structured-field string); the quotes are not part of it.
-    let key = key
-        .strip_prefix('"')
-        .and_then(|k| k.strip_suffix('"'))
-        .unwrap_or(key);
+    let key = match key.strip_prefix('"').and_then(|k| k.strip_suffix('"')) {
+        Some(inner) if !inner.is_empty() => inner,
+        _ => key,
+    };
     let printable = key.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
     if key.is_empty() || key.len() > events::MAX_IDEMPOTENCY_KEY_CHARS || !printable {
         return Err(invalid());

@@ -176,3 +176,67 @@ fn the_local_stack_ships_no_secret_either() {
     assert!(!stack.contains("pagenow-dev-secret"));
     assert!(!stack.contains("CHAT_JWT_SECRET:="));
 }
+
+/// docker-compose.replicated.yml, the three-node log as an override of docker-compose.yml:
+/// valid, three KRaft voters, topics at replication factor 3 with `min.insync.replicas=2`, every
+/// service pointed at the three brokers, and nothing more published.
+#[test]
+fn the_replicated_override_runs_three_nodes_and_publishes_nothing_more() {
+    let text = std::fs::read_to_string(root().join("docker-compose.replicated.yml"))
+        .expect("read docker-compose.replicated.yml");
+    let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    yaml.apply_merge().expect("its merge keys resolve");
+    let overlay: Value = serde_json::to_value(&yaml).expect("JSON-compatible YAML");
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/compose-spec.json"))
+            .expect("read the compose-spec schema"),
+    )
+    .expect("the schema is JSON");
+    let validator = jsonschema::draft7::new(&schema).expect("the schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(&overlay)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    let services = services(&overlay);
+    for (id, node) in ["kafka", "kafka-2", "kafka-3"].into_iter().enumerate() {
+        let env = &services[node]["environment"];
+        assert_eq!(env["KAFKA_NODE_ID"], id as u64 + 1, "{node}");
+        assert_eq!(
+            env["KAFKA_CONTROLLER_QUORUM_VOTERS"], "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093",
+            "{node}"
+        );
+        assert_eq!(env["KAFKA_DEFAULT_REPLICATION_FACTOR"], 3, "{node}");
+        assert_eq!(env["KAFKA_MIN_INSYNC_REPLICAS"], 2, "{node}");
+        assert_eq!(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"], 3, "{node}");
+        assert_eq!(
+            env["KAFKA_LISTENERS"], "INTERNAL://:19092,CONTROLLER://:9093",
+            "{node}: no listener beyond the compose network"
+        );
+    }
+    for service in ["projector", "chat-api", "socket-edge"] {
+        assert_eq!(
+            services[service]["environment"]["KAFKA_BROKERS"],
+            "kafka:19092,kafka-2:19092,kafka-3:19092",
+            "{service}"
+        );
+    }
+    let topics = services["topics"]["command"].to_string();
+    assert!(topics.contains("--replication-factor 3"), "{topics}");
+    assert!(topics.contains("min.insync.replicas=2"), "{topics}");
+    for (name, service) in services {
+        assert!(
+            service.get("ports").is_none(),
+            "the override publishes nothing: {name}"
+        );
+    }
+    // Every service it names exists in the base file or is a new Kafka node.
+    let base = compose();
+    for name in services.keys() {
+        assert!(
+            base["services"].get(name).is_some() || name.starts_with("kafka-"),
+            "{name} is not a service of docker-compose.yml"
+        );
+    }
+}

@@ -28,8 +28,11 @@ async fn schemathesis_finds_nothing_against_the_served_document() {
     // Hypothesis keeps nothing (no example database), but works in a directory of its own.
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("schemathesis-{}", env.name));
     std::fs::create_dir_all(&work).unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/schemathesis.toml");
     let output = tokio::process::Command::new(&st)
         .current_dir(&work)
+        .arg("--config-file")
+        .arg(&config)
         .args([
             "run",
             &api.url("/openapi.json"),
