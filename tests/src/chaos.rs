@@ -180,6 +180,12 @@ impl Infrastructure {
     }
 
     async fn start_redis(&mut self) {
+        // A Redis left on the port (by a run that was itself killed) would answer in place of
+        // ours and never die with our kills.
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", REDIS_PORT)).is_err(),
+            "port {REDIS_PORT} is taken: stop what listens there (a Redis left by an earlier run?)"
+        );
         let child = std::process::Command::new("redis-server")
             .args(["--port", &REDIS_PORT.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
