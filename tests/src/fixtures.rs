@@ -28,6 +28,25 @@ pub fn created(conversation_id: Uuid, users: &[&str]) -> Envelope {
     }))
 }
 
+/// Appends [`created`] for a fresh conversation of `users` and waits (10 s at most) until the
+/// projection, and so the edge's participant look-up, knows it.
+pub async fn projected_conversation(env: &TestEnv, users: &[&str]) -> Uuid {
+    let id = Uuid::new_v4();
+    env.writer()
+        .append(&created(id, users))
+        .await
+        .expect("append ConversationCreated");
+    let pool = env.pool().await;
+    wait_for_count(
+        &pool,
+        &format!("SELECT count(*) FROM participants WHERE conversation_id = '{id}'"),
+        users.len() as i64,
+        Duration::from_secs(10),
+    )
+    .await;
+    id
+}
+
 /// `MessageSent` now, with a fresh message id and `tmp-<content>` as its temp id.
 pub fn message(conversation_id: Uuid, sender: &str, content: &str) -> Envelope {
     Envelope::new(Event::MessageSent(MessageSent {

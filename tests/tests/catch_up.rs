@@ -5,8 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use chat_tests::fixtures::projected_conversation;
 use chat_tests::{Service, TestEnv, asyncapi};
-use events::{ConversationCreated, Envelope, Event};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -102,45 +102,6 @@ fn received(text: &str) -> Value {
     frame
 }
 
-/// A conversation, once the projection knows it.
-async fn conversation(env: &TestEnv, participants: &[&str]) -> Uuid {
-    let id = Uuid::new_v4();
-    let mut sorted: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
-    sorted.sort();
-    env.writer()
-        .append(&Envelope::new(Event::ConversationCreated(
-            ConversationCreated {
-                conversation_id: id,
-                created_by: participants[0].to_owned(),
-                participants: sorted,
-                is_group: participants.len() > 2,
-                title: if participants.len() > 2 {
-                    "group".into()
-                } else {
-                    String::new()
-                },
-                idempotency_key: None,
-            },
-        )))
-        .await
-        .expect("append ConversationCreated");
-    let pool = env.pool().await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let known: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM participants WHERE conversation_id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if known > 0 {
-            return id;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never projected");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn send(conversation: Uuid, content: &str) -> Value {
     json!({
         "action": "send-message", "conversationId": conversation,
@@ -189,7 +150,7 @@ async fn a_reconnect_to_the_other_edge_gets_exactly_what_it_missed_then_live_fra
     // Enough conversations to land on every partition.
     let mut conversations = Vec::new();
     for _ in 0..8 {
-        conversations.push(conversation(&env, &["ann", "bob"]).await);
+        conversations.push(projected_conversation(&env, &["ann", "bob"]).await);
     }
 
     let mut bob = Client::connect(&env, &edge_b, "bob").await;
@@ -306,7 +267,7 @@ async fn bounds_bad_cursors_and_rate_limits() {
     let edge = env
         .spawn_edge_with(&[&rates[..], &[("CHAT_WS_CATCH_UP_MAX_EVENTS", "20")]].concat())
         .await;
-    let c = conversation(&env, &["ann", "bob"]).await;
+    let c = projected_conversation(&env, &["ann", "bob"]).await;
     let mut bob = Client::connect(&env, &edge, "bob").await;
     let mut ann = Client::connect(&env, &edge, "ann").await;
     bob.send(send(c, "x-0")).await;

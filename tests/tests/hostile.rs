@@ -5,15 +5,14 @@
 
 use std::time::Duration;
 
+use chat_tests::fixtures::projected_conversation;
 use chat_tests::{RestClient, Service, TestEnv};
-use events::{ConversationCreated, Envelope, Event};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use uuid::Uuid;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -51,41 +50,6 @@ async fn until_closed(socket: &mut TcpStream, patience: Duration) {
             Ok(Ok(0) | Err(_)) => return,
             Ok(Ok(_)) => continue,
         }
-    }
-}
-
-/// Appends a `ConversationCreated` and waits until the projection knows it.
-async fn conversation(env: &TestEnv, participants: &[&str]) -> Uuid {
-    let id = Uuid::new_v4();
-    let mut sorted: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
-    sorted.sort();
-    env.writer()
-        .append(&Envelope::new(Event::ConversationCreated(
-            ConversationCreated {
-                conversation_id: id,
-                created_by: participants[0].to_owned(),
-                participants: sorted,
-                is_group: false,
-                title: String::new(),
-                idempotency_key: None,
-            },
-        )))
-        .await
-        .expect("append ConversationCreated");
-    let pool = env.pool().await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let known: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM participants WHERE conversation_id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if known > 0 {
-            return id;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never projected");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -305,7 +269,7 @@ async fn a_burst_of_150_sends_across_two_edges_is_mostly_refused_and_the_budget_
     let _projector = env.spawn_projector().await;
     let edge_a = env.spawn_edge_with(&SEND_DEFAULTS).await;
     let edge_b = env.spawn_edge_with(&SEND_DEFAULTS).await;
-    let id = conversation(&env, &["alice", "bob"]).await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
     let mut on_a = connect(&env, &edge_a, "alice").await;
     let mut on_b = connect(&env, &edge_b, "alice").await;
 
@@ -401,7 +365,7 @@ async fn heartbeat_and_read_floods_are_refused_at_their_default_budgets() {
             ("CHAT_RATE_HEARTBEAT_BURST", "20"),
         ])
         .await;
-    let id = conversation(&env, &["alice", "bob"]).await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
     let mut alice = connect(&env, &edge, "alice").await;
     for (frame, count, budget) in [
         (json!({"action": "heartbeat"}), 60, 20),

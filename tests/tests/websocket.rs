@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use chat_tests::fixtures::projected_conversation;
 use chat_tests::{RestClient, Service, TestEnv, asyncapi};
-use events::{ConversationCreated, Envelope, Event};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -120,48 +120,6 @@ fn received(text: &str) -> Value {
         fields.remove("cursor");
     }
     frame
-}
-
-/// Appends a `ConversationCreated` and waits until the projection (and so the edge) knows it.
-async fn conversation(env: &TestEnv, participants: &[&str]) -> Uuid {
-    let id = Uuid::new_v4();
-    let mut sorted: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
-    sorted.sort();
-    env.writer()
-        .append(&Envelope::new(Event::ConversationCreated(
-            ConversationCreated {
-                conversation_id: id,
-                created_by: participants[0].to_owned(),
-                participants: sorted,
-                is_group: participants.len() > 2,
-                title: if participants.len() > 2 {
-                    "group".into()
-                } else {
-                    String::new()
-                },
-                idempotency_key: None,
-            },
-        )))
-        .await
-        .expect("append ConversationCreated");
-    let pool = env.pool().await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let known: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM participants WHERE conversation_id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if known > 0 {
-            return id;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the projector never projected the conversation"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn redis(env: &TestEnv) -> redis::aio::MultiplexedConnection {
@@ -287,7 +245,7 @@ async fn a_message_reaches_every_connection_of_every_participant_from_the_log() 
     let env = TestEnv::new().await;
     let _projector = env.spawn_projector().await;
     let edge = env.spawn_edge().await;
-    let id = conversation(&env, &["alice", "bob"]).await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
 
     let mut alice1 = Client::connect(&env, &edge, "alice").await;
     let mut alice2 = Client::connect(&env, &edge, "alice").await;
@@ -334,7 +292,7 @@ async fn two_edges_deliver_to_the_connections_each_holds() {
     let _projector = env.spawn_projector().await;
     let edge_a = env.spawn_edge().await;
     let edge_b = env.spawn_edge().await;
-    let id = conversation(&env, &["alice", "bob"]).await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
 
     let mut alice_a = Client::connect(&env, &edge_a, "alice").await;
     let mut alice_b = Client::connect(&env, &edge_b, "alice").await;
@@ -360,8 +318,8 @@ async fn rejected_frames_get_an_error_on_that_connection_only_and_it_stays_usabl
     let env = TestEnv::new().await;
     let _projector = env.spawn_projector().await;
     let edge = env.spawn_edge().await;
-    let ours = conversation(&env, &["alice", "bob"]).await;
-    let theirs = conversation(&env, &["bob", "carol"]).await;
+    let ours = projected_conversation(&env, &["alice", "bob"]).await;
+    let theirs = projected_conversation(&env, &["bob", "carol"]).await;
     let unknown = Uuid::new_v4();
 
     let mut alice = Client::connect(&env, &edge, "alice").await;
@@ -506,7 +464,7 @@ async fn frames_of_one_connection_are_appended_delivered_and_listed_in_order() {
     let _projector = env.spawn_projector().await;
     let api = env.spawn_api().await;
     let edge = env.spawn_edge().await;
-    let id = conversation(&env, &["alice", "bob"]).await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
 
     let mut alice = Client::connect(&env, &edge, "alice").await;
     let mut bob = Client::connect(&env, &edge, "bob").await;
@@ -551,7 +509,7 @@ async fn read_messages_reaches_every_connection_of_the_reader_only_and_moves_the
     let env = TestEnv::new().await;
     let _projector = env.spawn_projector().await;
     let edge = env.spawn_edge().await;
-    let id = conversation(&env, &["alice", "bob"]).await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
 
     let mut alice1 = Client::connect(&env, &edge, "alice").await;
     let mut alice2 = Client::connect(&env, &edge, "alice").await;
@@ -608,7 +566,7 @@ async fn a_retried_send_with_the_same_temp_id_makes_one_message() {
     let env = TestEnv::new().await;
     let _projector = env.spawn_projector().await;
     let edge = env.spawn_edge().await;
-    let id = conversation(&env, &["alice", "bob"]).await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
 
     let mut alice = Client::connect(&env, &edge, "alice").await;
     let mut bob = Client::connect(&env, &edge, "bob").await;
@@ -626,7 +584,7 @@ async fn a_retried_send_with_the_same_temp_id_makes_one_message() {
     bob.expect_silence(Duration::from_millis(500)).await;
 
     // The same temp id in another conversation is another message.
-    let other = conversation(&env, &["alice", "bob"]).await;
+    let other = projected_conversation(&env, &["alice", "bob"]).await;
     again.send_message(other, "elsewhere", "retry-me").await;
     let elsewhere = again.next().await;
     assert_ne!(elsewhere["messageId"], original["messageId"]);
@@ -652,7 +610,7 @@ async fn a_slow_client_is_closed_with_4008_and_others_keep_their_pace() {
     let edge = env
         .spawn_edge_with(&[("CHAT_WS_OUTBOUND_QUEUE", "32")])
         .await;
-    let id = conversation(&env, &["alice", "bob"]).await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
 
     let mut alice = Client::connect(&env, &edge, "alice").await;
     let mut fast_bob = Client::connect(&env, &edge, "bob").await;
@@ -847,7 +805,7 @@ async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_mes
     let _projector = env.spawn_projector().await;
     let mut edge = env.spawn_edge().await;
     let api = env.spawn_api().await;
-    let id = conversation(&env, &["alice", "bob"]).await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
     let mut alice = Client::connect(&env, &edge, "alice").await;
     let mut bob = Client::connect(&env, &edge, "bob").await;
     let mut acknowledged = Vec::new();
@@ -947,7 +905,7 @@ async fn a_retry_after_an_unknown_outcome_is_still_one_message() {
     let env = TestEnv::new().await;
     let _projector = env.spawn_projector().await;
     let edge = env.spawn_edge().await;
-    let id = conversation(&env, &["alice", "bob"]).await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
     let mut redis = redis(&env).await;
     let record = |temp: &str| format!("{}sent:{{alice}}:{id}:{temp}", env.redis_prefix);
 
@@ -1049,7 +1007,7 @@ async fn a_failed_participant_look_up_is_retried_then_the_connections_are_closed
     let writer = env.writer();
 
     // A blip of two seconds: the participants table is away, then back.
-    let id = conversation(&env, &["alice", "bob"]).await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
     sqlx::query("ALTER TABLE participants RENAME TO participants_away")
         .execute(&pool)
         .await
@@ -1074,7 +1032,7 @@ async fn a_failed_participant_look_up_is_retried_then_the_connections_are_closed
     }
 
     // Away for longer than the edge's patience: bob's connection is closed, not left waiting.
-    let other = conversation(&env, &["alice", "bob"]).await;
+    let other = projected_conversation(&env, &["alice", "bob"]).await;
     sqlx::query("ALTER TABLE participants RENAME TO participants_away")
         .execute(&pool)
         .await
