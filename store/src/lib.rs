@@ -16,6 +16,9 @@ use uuid::Uuid;
 /// The projection's schema, applied by the projector at start-up.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// The development database of `scripts/stack`: the one default every binary, bench and test uses.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://chat:chat@127.0.0.1:5432/chat";
+
 /// Where the projection lives; flattened into every service's configuration.
 #[derive(clap::Args, Clone, Debug)]
 pub struct DatabaseArgs {
@@ -23,7 +26,7 @@ pub struct DatabaseArgs {
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
-        default_value = "postgres://chat:chat@127.0.0.1:5432/chat",
+        default_value = DEFAULT_DATABASE_URL,
         hide_default_value = true,
         hide_env_values = true
     )]

@@ -21,6 +21,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext};
 
+/// The development broker of `scripts/stack`: the one default every binary, bench and test uses.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+
+/// The event log's default topic.
+pub const DEFAULT_TOPIC: &str = "chat.events";
+
 /// Where the log lives; flattened into every service's configuration.
 #[derive(clap::Args, Clone, Debug)]
 pub struct KafkaArgs {
@@ -28,14 +34,14 @@ pub struct KafkaArgs {
     #[arg(
         long = "kafka-brokers",
         env = "KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092"
+        default_value = DEFAULT_BROKERS
     )]
     pub brokers: String,
     /// The event log topic.
     #[arg(
         long = "events-topic",
         env = "CHAT_EVENTS_TOPIC",
-        default_value = "chat.events"
+        default_value = DEFAULT_TOPIC
     )]
     pub topic: String,
 }
