@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         jwt_user_claim: "sub".into(),
     };
     let http = api::HttpArgs {
-        base_path: String::new(),
+        base_path: Default::default(),
         cors_origins: vec![],
         projection_wait_ms: 10_000,
     };

@@ -1,7 +1,7 @@
-//! The REST API's one error type, turned into a status and a JSON body in one place.
+//! The REST API's one error type, turned into a status and a JSON body in one place (the body's
+//! shape is every service's: [`telemetry::error_response`]).
 
-use axum::Json;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// Everything a request can fail with. Internal faults are logged, never shown to clients.
@@ -112,18 +112,13 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = Json(serde_json::json!({ "error": code, "message": message }));
-        match self {
-            Self::RateLimited { retry_after } => (
-                status,
-                [(
-                    header::RETRY_AFTER,
-                    retry_after_secs(retry_after).to_string(),
-                )],
-                body,
-            )
-                .into_response(),
-            _ => (status, body).into_response(),
+        let mut response = telemetry::error_response(status, code, &message);
+        if let Self::RateLimited { retry_after } = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(retry_after)),
+            );
         }
+        response
     }
 }

@@ -28,7 +28,7 @@ pub use error::ApiError;
 pub struct HttpArgs {
     /// Prefix of every REST route (PageNow used `/prod`).
     #[arg(long, env = "CHAT_BASE_PATH", default_value = "")]
-    pub base_path: String,
+    pub base_path: telemetry::BasePath,
     /// Allowed CORS origins, comma-separated; `scheme://*` allows every origin of a scheme.
     #[arg(
         long,
@@ -192,11 +192,10 @@ pub fn app(state: AppState, http: &HttpArgs, health: Router) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state);
-    let base = normalise_base_path(&http.base_path);
-    let routed = if base.is_empty() {
+    let routed = if http.base_path.is_empty() {
         api
     } else {
-        Router::new().nest(&base, api)
+        Router::new().nest(http.base_path.as_str(), api)
     };
     let routed = routed
         .merge(health)
@@ -212,16 +211,6 @@ pub fn app(state: AppState, http: &HttpArgs, health: Router) -> Router {
         ))
         .layer(middleware::from_fn(record_request));
     cors::apply(routed, &http.cors_origins).layer(tower_http::trace::TraceLayer::new_for_http())
-}
-
-/// `"/prod/"` → `"/prod"`, `"prod"` → `"/prod"`, `"/"` → `""`.
-pub fn normalise_base_path(raw: &str) -> String {
-    let trimmed = raw.trim().trim_matches('/');
-    if trimmed.is_empty() {
-        String::new()
-    } else {
-        format!("/{trimmed}")
-    }
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -4,16 +4,16 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use events::{Envelope, Event, MessageSent, MessagesRead, Timestamp};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use rate_limit::Verdict;
+use telemetry::error_response;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -41,7 +41,7 @@ pub async fn upgrade(
             .map(Cow::Borrowed)
     });
     let Some(token) = token else {
-        return refuse(
+        return error_response(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "Missing 'Authorization'",
@@ -57,7 +57,7 @@ pub async fn upgrade(
         Ok(user) => user.into_string(),
         Err(e) if e.is_server_fault() => {
             tracing::error!(error = %e, "cannot verify tokens");
-            return refuse(
+            return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "cannot verify the token now",
@@ -65,17 +65,17 @@ pub async fn upgrade(
         }
         Err(e) => {
             metrics::counter!("chat_ws_refused_total", "reason" => "unauthorized").increment(1);
-            return refuse(StatusCode::UNAUTHORIZED, e.code(), "invalid token");
+            return error_response(StatusCode::UNAUTHORIZED, e.code(), "invalid token");
         }
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
-            return refuse(rejection.status(), "bad_upgrade", &rejection.body_text());
+            return error_response(rejection.status(), "bad_upgrade", &rejection.body_text());
         }
     };
     if *edge.shutdown.borrow() {
-        return refuse(
+        return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "this edge is shutting down",
@@ -101,7 +101,7 @@ pub async fn upgrade(
         Ok(false) => {
             metrics::counter!("chat_ws_refused_total", "reason" => "too_many_connections")
                 .increment(1);
-            return refuse(
+            return error_response(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_connections",
                 "this user has too many open connections",
@@ -109,7 +109,7 @@ pub async fn upgrade(
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot register a connection in Redis");
-            return refuse(
+            return error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "cannot register the connection now",
@@ -148,19 +148,11 @@ fn token_from_query(query: Option<&str>) -> Option<Cow<'_, str>> {
 
 fn upgrade_timed_out() -> Response {
     metrics::counter!("chat_ws_refused_total", "reason" => "upgrade_timeout").increment(1);
-    refuse(
+    error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
         "the connection could not be authenticated and registered in time",
     )
-}
-
-fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "error": code, "message": message })),
-    )
-        .into_response()
 }
 
 /// Why a connection ended, as the writer closes it.

@@ -58,7 +58,7 @@ pub const CLOSE_UNRESPONSIVE: u16 = 4001;
 pub struct EdgeArgs {
     /// Prefix of the WebSocket path (PageNow used `/prod`); `<base>` and `<base>/` both work.
     #[arg(long, env = "CHAT_BASE_PATH", default_value = "")]
-    pub base_path: String,
+    pub base_path: telemetry::BasePath,
     /// Redis, where every connection is recorded.
     #[arg(
         long,
@@ -194,18 +194,6 @@ pub struct Rates {
 /// A `usize` setting with a lower bound (0 connections or a 0-frame queue make no sense).
 fn at_least(min: u64) -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(min..)
-}
-
-impl EdgeArgs {
-    /// The WebSocket path without its trailing slash: `""` or `/prod`.
-    pub fn normalised_base_path(&self) -> String {
-        let trimmed = self.base_path.trim().trim_matches('/');
-        if trimmed.is_empty() {
-            String::new()
-        } else {
-            format!("/{trimmed}")
-        }
-    }
 }
 
 /// Limits applied to each connection.

@@ -138,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
         kafka: config.kafka.clone(),
         shutdown: shutdown.clone(),
     });
-    let base_path = args.normalised_base_path();
+    let base_path = args.base_path.to_string();
     let (done, mut all_done) = mpsc::channel::<()>(1);
     let mut listener = Listener {
         listener: tokio::net::TcpListener::bind(config.ws_addr)

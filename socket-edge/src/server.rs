@@ -65,9 +65,7 @@ fn method_not_allowed() -> axum::response::Response {
 }
 
 fn error(status: axum::http::StatusCode, code: &str, message: &str) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let body = serde_json::json!({ "error": code, "message": message });
-    (status, axum::Json(body)).into_response()
+    telemetry::error_response(status, code, message)
 }
 
 /// Accepts TCP connections and serves each on its own task.

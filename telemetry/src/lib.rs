@@ -1,6 +1,14 @@
 //! Observability shared by every service: `tracing` logs (human-readable, or JSON lines when
 //! `CHAT_LOG_FORMAT=json`), a Prometheus recorder, and the `/healthz`, `/readyz` and `/metrics`
-//! routes, on the service's own listener or on a separate one ([`serve_health`]).
+//! routes, on the service's own listener or on a separate one ([`serve_health`]); and the two
+//! HTTP conventions every service's clients see: the route prefix ([`BasePath`],
+//! `CHAT_BASE_PATH`) and the error body ([`error_response`]).
+
+mod base_path;
+mod error_body;
+
+pub use base_path::BasePath;
+pub use error_body::{ErrorBody, error_response};
 
 use std::future::Future;
 use std::net::SocketAddr;
