@@ -9,7 +9,8 @@ use jsonwebtoken::{EncodingKey, Header};
 use proptest::prelude::*;
 use secrecy::SecretString;
 
-use super::*;
+use crate::token::{MAX_TOKEN_BYTES, parse_header, strip_bearer};
+use crate::{AuthArgs, MAX_USER_ID_CHARS, Verifier};
 
 const SECRET: &str = "hunt-secret";
 const BASE64URL: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
