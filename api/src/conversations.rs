@@ -10,7 +10,10 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use events::admission::{self, Flaw};
-use events::{ConversationCreated, Envelope, Event, direct_conversation_id, keyed_group_id};
+use events::{
+    ConversationCreated, Envelope, Event, MAX_TITLE_CHARS, MAX_USER_ID_CHARS,
+    direct_conversation_id, keyed_group_id,
+};
 use serde::Serialize;
 use serde_json::Value;
 use store::{ConversationSummary, ConversationView, Message, Order, Page};
@@ -264,7 +267,7 @@ impl NewConversation {
         if ids.len() > MAX_RECIPIENTS {
             return Err(ApiError::invalid(
                 "recipientIdArr",
-                "a group has at most 100 recipients",
+                &format!("a group has at most {MAX_RECIPIENTS} recipients"),
             ));
         }
         let title = match fields.get("title") {
@@ -276,7 +279,7 @@ impl NewConversation {
             Flaw::Nul => ApiError::invalid("title", &flaw.to_string()),
             _ => ApiError::invalid(
                 "title",
-                "a group title has 1 to 300 characters, not all whitespace",
+                &format!("a group title has 1 to {MAX_TITLE_CHARS} characters, not all whitespace"),
             ),
         })?;
         Ok(Self::Group {
@@ -290,7 +293,10 @@ impl NewConversation {
 fn user_id(field: &str, id: &str) -> Result<(), ApiError> {
     admission::user_id(id).map_err(|flaw| match flaw {
         Flaw::Nul => ApiError::invalid(field, &format!("a user id {flaw}")),
-        _ => ApiError::invalid(field, "a user id has 1 to 50 characters"),
+        _ => ApiError::invalid(
+            field,
+            &format!("a user id has 1 to {MAX_USER_ID_CHARS} characters"),
+        ),
     })
 }
 
@@ -339,11 +345,10 @@ pub async fn list_conversations(
 /// same 404, so a stranger cannot tell an existing conversation from a missing one.
 async fn participants_as(
     state: &AppState,
-    raw_id: Result<Path<String>, PathRejection>,
+    path: Result<Path<String>, PathRejection>,
     caller: &auth::UserId,
 ) -> Result<(Uuid, Arc<[String]>), ApiError> {
-    let Path(raw_id) = raw_id.map_err(|_| ApiError::invalid("conversationId", "must be a UUID"))?;
-    let id = conversation_id(&raw_id)?;
+    let id = conversation_id(path)?;
     match state.store.participants(id).await? {
         Some(participants) if participants.iter().any(|p| p == caller.as_str()) => {
             Ok((id, participants))

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use uuid::Uuid;
@@ -28,7 +29,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     }
 }
 
-/// A conversation id from the path; a malformed one is a 400 naming the parameter.
-pub fn conversation_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::invalid("conversationId", "must be a UUID"))
+/// The conversation id of a `/conversations/{conversationId}…` path; a missing or malformed one
+/// is a 400 naming the parameter.
+pub fn conversation_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+    let malformed = || ApiError::invalid("conversationId", "must be a UUID");
+    let Path(raw) = path.map_err(|_| malformed())?;
+    Uuid::parse_str(&raw).map_err(|_| malformed())
 }
