@@ -810,6 +810,9 @@ fn parse_rsa_keys(set: JwkSet) -> HashMap<String, Arc<DecodingKey>> {
 #[cfg(test)]
 mod hunt;
 
+#[cfg(feature = "test-support")]
+pub mod mint;
+
 #[cfg(test)]
 mod unit {
     use super::*;
