@@ -9,6 +9,7 @@ pub mod asyncapi;
 pub mod chaos;
 pub mod eventually;
 pub mod fixtures;
+pub mod registry;
 pub mod tokens;
 pub mod ws;
 

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use chat_tests::fixtures::projected_conversation;
+use chat_tests::registry::registrations;
 use chat_tests::{RestClient, Service, TestEnv, WsClient, eventually};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,27 +25,6 @@ async fn until_closed(socket: &mut TcpStream, patience: Duration) {
             Ok(Ok(_)) => continue,
         }
     }
-}
-
-/// How many live connections Redis records for `user`.
-async fn registrations(env: &TestEnv, user: &str) -> usize {
-    let mut redis = redis::Client::open(env.redis_url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to Redis");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(format!("{}user:{{{user}}}", env.redis_prefix))
-        .arg(now)
-        .arg("+inf")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    ids.len()
 }
 
 // --- Part 3: slow and silent clients -------------------------------------------------------
@@ -170,14 +150,14 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_unregistered() {
     );
     let upgraded = tokio::time::Instant::now();
     eventually("both connections registered", PATIENCE, || async {
-        registrations(&env, "alice").await == 2
+        registrations(&env, "alice").await.len() == 2
     })
     .await;
 
     // Reaped after 2 unanswered pings (2-3 s), and unregistered, while the healthy client,
     // idle but answering, stays.
     eventually("the silent peer unregistered", PATIENCE, async || {
-        if registrations(&env, "alice").await == 1 {
+        if registrations(&env, "alice").await.len() == 1 {
             return true;
         }
         assert_eq!(healthy.next_within(Duration::from_millis(100)).await, None);
@@ -204,7 +184,7 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_unregistered() {
     healthy.expect_silence(Duration::from_secs(3)).await;
     healthy.send(json!({"action": "heartbeat"})).await;
     healthy.expect_silence(Duration::from_millis(300)).await;
-    assert_eq!(registrations(&env, "alice").await, 1);
+    assert_eq!(registrations(&env, "alice").await.len(), 1);
 }
 
 // --- Part 4: rate limits ---------------------------------------------------------------------
