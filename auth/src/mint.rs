@@ -28,8 +28,14 @@ pub fn claims_for(user: &str) -> Value {
 
 /// `claims` signed with HS256 and `secret`.
 pub fn hs256(secret: &str, claims: &Value) -> String {
+    hmac(Algorithm::HS256, secret, claims)
+}
+
+/// `claims` signed with `secret` and an HMAC `algorithm` (HS384 and HS512 for the tests of
+/// algorithms the services refuse).
+pub fn hmac(algorithm: Algorithm, secret: &str, claims: &Value) -> String {
     jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
+        &Header::new(algorithm),
         claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )

@@ -60,6 +60,49 @@ async fn wait_caught_up(env: &TestEnv, pool: &PgPool) {
     .await;
 }
 
+#[tokio::test]
+async fn chatctl_topics_creates_the_log_and_its_dead_letter_topic_and_never_changes_them() {
+    let env = TestEnv::new().await;
+    let topic = format!("{}-created", env.topic);
+    let dead_letters = projector::dead_letter_topic(&topic);
+    let topics = |partitions: &'static str| {
+        let topic = topic.clone();
+        let env = &env;
+        async move {
+            let args = [
+                "--events-topic",
+                &topic,
+                "topics",
+                "--partitions",
+                partitions,
+            ];
+            chatctl(env, &args).await
+        }
+    };
+    let (code, out, err) = topics("3").await;
+    assert_eq!(code, 0, "{err}");
+    for created in [
+        format!("topic {topic}: created, 3 partition(s)"),
+        format!("topic {dead_letters}: created, 1 partition(s)"),
+    ] {
+        assert!(out.contains(&created), "{out}");
+    }
+    assert!(!out.contains("warning"), "{out}");
+
+    // Asked again for another partition count: both are left as they are, the difference said.
+    let (code, out, err) = topics("5").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("topic {topic}: exists, 3 partition(s)")),
+        "{out}"
+    );
+    assert!(out.contains("warning: 3 partitions, not 5"), "{out}");
+    assert!(
+        out.contains(&format!("topic {dead_letters}: exists, 1 partition(s)")),
+        "{out}"
+    );
+}
+
 /// Runs `chatctl` against this test's stack; returns its exit code, stdout and stderr.
 async fn chatctl(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
     let output = tokio::process::Command::new(binary_path("chatctl"))
