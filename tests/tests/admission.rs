@@ -301,10 +301,7 @@ async fn send_message_with_nul_gets_an_error_frame_and_appends_nothing() {
         ("\u{0}", "t-only-nul", "invalid_content"),
         ("hi", "t\u{0}nul", "invalid_field"),
     ] {
-        let frame = json!({
-            "action": "send-message", "conversationId": conversation,
-            "content": content, "tempMessageId": temp,
-        });
+        let frame = chat_tests::ws::send_message(conversation, content, temp);
         ws.send_text(&frame.to_string()).await;
         let reply = ws.next().await;
         assert_eq!(reply["type"], "error", "{reply}");
@@ -316,10 +313,7 @@ async fn send_message_with_nul_gets_an_error_frame_and_appends_nothing() {
         );
     }
     // The connection still works, and only that message enters the log.
-    let frame = json!({
-        "action": "send-message", "conversationId": conversation,
-        "content": "\u{202e}fine\u{1}\u{fffe}👋", "tempMessageId": "t-ok",
-    });
+    let frame = chat_tests::ws::send_message(conversation, "\u{202e}fine\u{1}\u{fffe}👋", "t-ok");
     ws.send_text(&frame.to_string()).await;
     let echo = ws.next().await;
     assert_eq!(echo["type"], "new-message", "{echo}");

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chat_tests::fixtures::projected_conversation;
-use chat_tests::{Service, TestEnv, WsClient, asyncapi};
+use chat_tests::{Service, TestEnv, WsClient, asyncapi, ws};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -58,11 +58,9 @@ async fn until_count(client: &mut WsClient, count: usize) -> usize {
     n
 }
 
+/// A `send-message` frame whose temp id is its content.
 fn send(conversation: Uuid, content: &str) -> Value {
-    json!({
-        "action": "send-message", "conversationId": conversation,
-        "content": content, "tempMessageId": content,
-    })
+    ws::send_message(conversation, content, content)
 }
 
 /// Sends `count` messages, `tag-0` … spread round-robin over `conversations`, without waiting.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chat_tests::fixtures::projected_conversation;
 use chat_tests::registry::registrations;
-use chat_tests::{RestClient, Service, TestEnv, WsClient, eventually};
+use chat_tests::{RestClient, Service, TestEnv, WsClient, eventually, ws};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -208,11 +208,8 @@ async fn a_burst_of_150_sends_across_two_edges_is_mostly_refused_and_the_budget_
     // 150 sends at once, half through each edge: the budget is one, in Redis.
     for i in 0..150 {
         let ws = if i % 2 == 0 { &mut on_a } else { &mut on_b };
-        let frame = json!({
-            "action": "send-message", "conversationId": id,
-            "content": format!("m{i}"), "tempMessageId": format!("t{i}"),
-        });
-        ws.feed(frame).await;
+        ws.feed(ws::send_message(id, &format!("m{i}"), &format!("t{i}")))
+            .await;
     }
     on_a.flush().await;
     on_b.flush().await;
@@ -252,13 +249,9 @@ async fn a_burst_of_150_sends_across_two_edges_is_mostly_refused_and_the_budget_
     // Both connections stay open and send again once the budget refilled.
     tokio::time::sleep(Duration::from_millis(retry_after_ms + 100)).await;
     for (n, ws) in [&mut on_a, &mut on_b].into_iter().enumerate() {
-        let frame = json!({
-            "action": "send-message", "conversationId": id,
-            "content": "after", "tempMessageId": format!("after{n}"),
-        });
-        ws.send(frame).await;
-        // (The echo of the other connection's send may come first: same user.)
         let temp = format!("after{n}");
+        ws.send_message(id, "after", &temp).await;
+        // (The echo of the other connection's send may come first: same user.)
         let answer = ws.next_where(|f| f["tempMessageId"] == temp.as_str()).await;
         assert_eq!(answer["type"], "new-message", "{answer}");
         // One more send fits every 500 ms.
