@@ -55,3 +55,6 @@ pub use verifier::Verifier;
 
 #[cfg(test)]
 mod hunt;
+
+#[cfg(feature = "test-support")]
+pub mod mint;

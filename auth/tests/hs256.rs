@@ -20,7 +20,7 @@ async fn check(v: &Verifier, token: &str) -> Result<String, AuthError> {
 #[tokio::test]
 async fn hs256_happy_path_raw_and_bearer() {
     let v = verifier(args());
-    let token = hs256(SECRET, &claims("alice"));
+    let token = hs256(SECRET, &claims_for("alice"));
     for value in [
         token.clone(),
         format!("Bearer {token}"),
@@ -46,7 +46,7 @@ async fn missing_token() {
 #[tokio::test]
 async fn malformed_tokens_are_refused_without_panicking() {
     let v = verifier(args());
-    let good = hs256(SECRET, &claims("alice"));
+    let good = hs256(SECRET, &claims_for("alice"));
     let long = "a".repeat(100_000);
     let cases = [
         "garbage".to_string(),
@@ -56,9 +56,9 @@ async fn malformed_tokens_are_refused_without_panicking() {
         "!!!.b.c".to_string(),
         "Basic dXNlcjpwYXNz".to_string(),
         format!("Token {good}"),
-        format!("{}.x.y", b64url(b"not json")),
-        format!("{}.x.y", b64url(b"{\"typ\":\"JWT\"}")),
-        format!("{}.x.y", b64url(b"{\"alg\":5}")),
+        format!("{}.x.y", base64url(b"not json")),
+        format!("{}.x.y", base64url(b"{\"typ\":\"JWT\"}")),
+        format!("{}.x.y", base64url(b"{\"alg\":5}")),
         long,
         format!("{good}é"),
         "é.é.é".to_string(),
@@ -70,20 +70,20 @@ async fn malformed_tokens_are_refused_without_panicking() {
     }
     // A valid header and signature over a payload that is not JSON.
     let header = json!({"alg": "HS256", "typ": "JWT"});
-    let t = raw_token(&header, &json!("just a string"), Some(SECRET.as_bytes()));
+    let t = with_header(&header, &json!("just a string"), Some(SECRET.as_bytes()));
     assert_eq!(v.verify(&t).await.unwrap_err().code(), "malformed_token");
 }
 
 #[tokio::test]
 async fn bad_signature_wrong_secret_and_tampering() {
     let v = verifier(args());
-    let forged = hs256("another-secret", &claims("alice"));
+    let forged = hs256("another-secret", &claims_for("alice"));
     assert_eq!(v.verify(&forged).await, Err(AuthError::BadSignature));
 
     // Swap in a payload for another user, keeping the original signature.
-    let token = hs256(SECRET, &claims("alice"));
+    let token = hs256(SECRET, &claims_for("alice"));
     let parts: Vec<&str> = token.split('.').collect();
-    let evil = b64url(claims("mallory").to_string().as_bytes());
+    let evil = base64url(claims_for("mallory").to_string().as_bytes());
     let tampered = format!("{}.{}.{}", parts[0], evil, parts[2]);
     assert_eq!(v.verify(&tampered).await, Err(AuthError::BadSignature));
 
@@ -95,13 +95,13 @@ async fn bad_signature_wrong_secret_and_tampering() {
 #[tokio::test]
 async fn alg_none_and_other_algorithms_are_refused() {
     let v = verifier(args());
-    let c = claims("alice");
+    let c = claims_for("alice");
     for alg in [
         "none", "None", "NONE", "HS512", "HS384", "ES256", "PS256", "RS512", "EdDSA",
     ] {
         let header = json!({"alg": alg, "typ": "JWT"});
         for secret in [None, Some(SECRET.as_bytes())] {
-            let t = raw_token(&header, &c, secret);
+            let t = with_header(&header, &c, secret);
             assert_eq!(
                 v.verify(&t).await,
                 Err(AuthError::UnsupportedAlgorithm(alg.to_string())),
@@ -110,12 +110,7 @@ async fn alg_none_and_other_algorithms_are_refused() {
         }
     }
     // Properly HS512-signed with the right secret: still refused.
-    let t = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
-        &c,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let t = auth::mint::hmac(jsonwebtoken::Algorithm::HS512, SECRET, &c);
     assert_eq!(
         v.verify(&t).await.unwrap_err().code(),
         "unsupported_algorithm"
@@ -125,12 +120,12 @@ async fn alg_none_and_other_algorithms_are_refused() {
 #[tokio::test]
 async fn rs256_refused_when_no_jwks_is_configured() {
     let v = verifier(args());
-    let t = rs256('a', Some(KID_A), &claims("alice"));
+    let t = rs256('a', Some(KID_A), &claims_for("alice"));
     assert_eq!(v.verify(&t).await, Err(AuthError::KeySetNotConfigured));
     // An RS256 header with an HMAC signature made with the shared secret is never checked
     // against that secret.
     let header = json!({"alg": "RS256", "kid": KID_A});
-    let t = raw_token(&header, &claims("alice"), Some(SECRET.as_bytes()));
+    let t = with_header(&header, &claims_for("alice"), Some(SECRET.as_bytes()));
     assert_eq!(v.verify(&t).await, Err(AuthError::KeySetNotConfigured));
 }
 
@@ -180,7 +175,7 @@ async fn nbf_in_the_future_is_refused() {
 async fn issuer_checked_only_when_configured() {
     let iss = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Pool";
     let with = |iss_claim: serde_json::Value| {
-        let mut c = claims("alice");
+        let mut c = claims_for("alice");
         c["iss"] = iss_claim;
         hs256(SECRET, &c)
     };
@@ -190,7 +185,7 @@ async fn issuer_checked_only_when_configured() {
         "alice"
     );
     assert_eq!(
-        check(&unchecked, &hs256(SECRET, &claims("alice")))
+        check(&unchecked, &hs256(SECRET, &claims_for("alice")))
             .await
             .unwrap(),
         "alice"
@@ -210,7 +205,7 @@ async fn issuer_checked_only_when_configured() {
     }
     // Missing iss.
     assert_eq!(
-        checked.verify(&hs256(SECRET, &claims("alice"))).await,
+        checked.verify(&hs256(SECRET, &claims_for("alice"))).await,
         Err(AuthError::WrongIssuer)
     );
 }
@@ -218,7 +213,7 @@ async fn issuer_checked_only_when_configured() {
 #[tokio::test]
 async fn audience_checked_only_when_configured() {
     let with = |aud: serde_json::Value| {
-        let mut c = claims("alice");
+        let mut c = claims_for("alice");
         c["aud"] = aud;
         hs256(SECRET, &c)
     };
@@ -228,7 +223,7 @@ async fn audience_checked_only_when_configured() {
     assert!(unchecked.verify(&with(json!(["x", "y"]))).await.is_ok());
     assert!(
         unchecked
-            .verify(&hs256(SECRET, &claims("alice")))
+            .verify(&hs256(SECRET, &claims_for("alice")))
             .await
             .is_ok()
     );
@@ -260,7 +255,7 @@ async fn audience_checked_only_when_configured() {
         );
     }
     assert_eq!(
-        checked.verify(&hs256(SECRET, &claims("alice"))).await,
+        checked.verify(&hs256(SECRET, &claims_for("alice"))).await,
         Err(AuthError::WrongAudience)
     );
 }
@@ -281,7 +276,7 @@ async fn user_claim_is_configurable() {
     );
     assert_eq!(check(&v, &t).await.unwrap(), "google_337456865285275482928");
     // `sub` alone is not enough when another claim is configured.
-    let t = hs256(SECRET, &claims("alice"));
+    let t = hs256(SECRET, &claims_for("alice"));
     assert_eq!(
         v.verify(&t).await,
         Err(AuthError::MissingUserClaim("cognito:username".into()))

@@ -22,14 +22,14 @@ async fn rs256_happy_path_and_cache() {
     let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
     assert_eq!(server.hits(), 0, "keys are fetched lazily");
 
-    let t = rs256('a', Some(KID_A), &claims("alice"));
+    let t = rs256('a', Some(KID_A), &claims_for("alice"));
     assert_eq!(v.verify(&t).await.unwrap().as_str(), "alice");
     assert_eq!(server.hits(), 1);
     // Known kids (both came in the first fetch) never refetch; clones share the cache.
     let clone = v.clone();
     for _ in 0..5 {
         assert!(v.verify(&t).await.is_ok());
-        let tb = rs256('b', Some(KID_B), &claims("bob"));
+        let tb = rs256('b', Some(KID_B), &claims_for("bob"));
         assert_eq!(
             clone
                 .verify(&format!("Bearer {tb}"))
@@ -43,7 +43,7 @@ async fn rs256_happy_path_and_cache() {
     // With a key set and no secret, HS256 is refused, whoever signed it.
     for secret in [SECRET, auth::DEV_SECRET] {
         assert_eq!(
-            v.verify(&hs256(secret, &claims("dev"))).await,
+            v.verify(&hs256(secret, &claims_for("dev"))).await,
             Err(AuthError::UnsupportedAlgorithm("HS256".into()))
         );
     }
@@ -55,8 +55,8 @@ async fn key_rotation_refetches_once_and_drops_removed_keys() {
     let server = KeyServer::start(jwks(&['a']), Duration::ZERO).await;
     let v = Verifier::with_options(&server.args(), LOOPBACK, options(interval)).unwrap();
 
-    let token_a = rs256('a', Some(KID_A), &claims("alice"));
-    let token_b = rs256('b', Some(KID_B), &claims("bob"));
+    let token_a = rs256('a', Some(KID_A), &claims_for("alice"));
+    let token_b = rs256('b', Some(KID_B), &claims_for("bob"));
     assert!(v.verify(&token_a).await.is_ok());
     assert!(v.verify(&token_a).await.is_ok());
     assert_eq!(server.hits(), 1);
@@ -75,7 +75,7 @@ async fn key_rotation_refetches_once_and_drops_removed_keys() {
 
     // An unknown kid, once the interval has passed, costs one fetch, then is refused.
     tokio::time::sleep(interval + Duration::from_millis(50)).await;
-    let stranger = rs256('a', Some("no-such-kid"), &claims("eve"));
+    let stranger = rs256('a', Some("no-such-kid"), &claims_for("eve"));
     assert_eq!(v.verify(&stranger).await, Err(AuthError::UnknownKey));
     assert_eq!(server.hits(), 3);
     assert_eq!(v.verify(&stranger).await, Err(AuthError::UnknownKey));
@@ -88,13 +88,13 @@ async fn unknown_kid_flood_is_rate_limited() {
     let server = KeyServer::start(jwks(&['a']), Duration::ZERO).await;
     let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
     assert!(
-        v.verify(&rs256('a', Some(KID_A), &claims("alice")))
+        v.verify(&rs256('a', Some(KID_A), &claims_for("alice")))
             .await
             .is_ok()
     );
     assert_eq!(server.hits(), 1);
     for i in 0..50 {
-        let t = rs256('a', Some(&format!("garbage-{i}")), &claims("eve"));
+        let t = rs256('a', Some(&format!("garbage-{i}")), &claims_for("eve"));
         assert_eq!(v.verify(&t).await, Err(AuthError::UnknownKey));
     }
     assert_eq!(
@@ -104,7 +104,7 @@ async fn unknown_kid_flood_is_rate_limited() {
     );
     // Known kids still work meanwhile.
     assert!(
-        v.verify(&rs256('a', Some(KID_A), &claims("alice")))
+        v.verify(&rs256('a', Some(KID_A), &claims_for("alice")))
             .await
             .is_ok()
     );
@@ -114,7 +114,7 @@ async fn unknown_kid_flood_is_rate_limited() {
 async fn concurrent_verifications_share_one_fetch() {
     let server = KeyServer::start(jwks(&['a']), Duration::from_millis(300)).await;
     let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
-    let token = rs256('a', Some(KID_A), &claims("alice"));
+    let token = rs256('a', Some(KID_A), &claims_for("alice"));
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let v = v.clone();
@@ -135,7 +135,7 @@ async fn concurrent_unknown_kids_share_one_fetch() {
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let v = v.clone();
-            let token = rs256('a', Some(&format!("garbage-{i}")), &claims("eve"));
+            let token = rs256('a', Some(&format!("garbage-{i}")), &claims_for("eve"));
             tokio::spawn(async move { v.verify(&token).await })
         })
         .collect();
@@ -150,10 +150,10 @@ async fn signature_must_match_the_kid_key() {
     let server = KeyServer::start(jwks(&['a', 'b']), Duration::ZERO).await;
     let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
     // Signed by B but claims to be A.
-    let t = rs256('b', Some(KID_A), &claims("alice"));
+    let t = rs256('b', Some(KID_A), &claims_for("alice"));
     assert_eq!(v.verify(&t).await, Err(AuthError::BadSignature));
     // RS256 without kid.
-    let t = rs256('a', None, &claims("alice"));
+    let t = rs256('a', None, &claims_for("alice"));
     assert_eq!(v.verify(&t).await, Err(AuthError::UnknownKey));
 }
 
@@ -168,13 +168,13 @@ async fn algorithm_confusion_is_refused() {
     let v = Verifier::new(&args, LOOPBACK).unwrap();
     // Warm the cache so key A is definitely loaded.
     assert!(
-        v.verify(&rs256('a', Some(KID_A), &claims("alice")))
+        v.verify(&rs256('a', Some(KID_A), &claims_for("alice")))
             .await
             .is_ok()
     );
     let public_pem = fixture("test_only_rsa_a_pub.pem");
     let jwk_a = jwk('a');
-    let c = claims("mallory");
+    let c = claims_for("mallory");
     // HS256 tokens signed with the RSA public key (PEM, and the raw JWK `n`) as HMAC secret.
     for secret in [
         public_pem.as_bytes(),
@@ -185,20 +185,20 @@ async fn algorithm_confusion_is_refused() {
             json!({"alg": "HS256", "typ": "JWT"}),
             json!({"alg": "HS256", "kid": KID_A}),
         ] {
-            let t = raw_token(&header, &c, Some(secret));
+            let t = with_header(&header, &c, Some(secret));
             assert_eq!(v.verify(&t).await, Err(AuthError::BadSignature));
         }
     }
     // An RS256 header over an HMAC signature made with the shared secret: never checked with
     // the secret, so refused.
-    let t = raw_token(
+    let t = with_header(
         &json!({"alg": "RS256", "kid": KID_A}),
         &c,
         Some(SECRET.as_bytes()),
     );
     assert_eq!(v.verify(&t).await, Err(AuthError::BadSignature));
     // `none` with a known kid.
-    let t = raw_token(&json!({"alg": "none", "kid": KID_A}), &c, None);
+    let t = with_header(&json!({"alg": "none", "kid": KID_A}), &c, None);
     assert_eq!(
         v.verify(&t).await,
         Err(AuthError::UnsupportedAlgorithm("none".into()))
@@ -276,7 +276,7 @@ async fn key_set_unavailable_http_error_then_recovery() {
     let server = KeyServer::start(jwks(&['a']), Duration::ZERO).await;
     server.set_status(500);
     let v = Verifier::with_options(&server.args(), LOOPBACK, options(interval)).unwrap();
-    let t = rs256('a', Some(KID_A), &claims("alice"));
+    let t = rs256('a', Some(KID_A), &claims_for("alice"));
 
     let err = v.verify(&t).await.unwrap_err();
     assert_eq!(err, AuthError::KeySetUnavailable);
@@ -309,7 +309,7 @@ async fn key_set_unavailable_bad_bodies() {
     ] {
         let server = KeyServer::start(body.clone(), Duration::ZERO).await;
         let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
-        let t = rs256('a', Some(KID_A), &claims("alice"));
+        let t = rs256('a', Some(KID_A), &claims_for("alice"));
         assert_eq!(
             v.verify(&t).await,
             Err(AuthError::KeySetUnavailable),
@@ -325,7 +325,7 @@ async fn key_set_unavailable_bad_bodies() {
     let server = KeyServer::start(mixed, Duration::ZERO).await;
     let v = Verifier::new(&server.args(), LOOPBACK).unwrap();
     assert!(
-        v.verify(&rs256('a', Some(KID_A), &claims("alice")))
+        v.verify(&rs256('a', Some(KID_A), &claims_for("alice")))
             .await
             .is_ok()
     );
@@ -343,8 +343,8 @@ async fn key_set_unavailable_connection_refused() {
         ..args()
     };
     let v = Verifier::new(&args, LOOPBACK).unwrap();
-    let t = rs256('a', Some(KID_A), &claims("alice"));
+    let t = rs256('a', Some(KID_A), &claims_for("alice"));
     assert_eq!(v.verify(&t).await, Err(AuthError::KeySetUnavailable));
     // HS256 does not depend on the key server.
-    assert!(v.verify(&hs256(SECRET, &claims("dev"))).await.is_ok());
+    assert!(v.verify(&hs256(SECRET, &claims_for("dev"))).await.is_ok());
 }

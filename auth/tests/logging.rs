@@ -38,7 +38,7 @@ fn refusals_are_logged_at_debug_without_token_or_secret() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let forged = hs256("another-secret", &claims("alice"));
+    let forged = hs256("another-secret", &claims_for("alice"));
     let expired = hs256(SECRET, &json!({"sub": "alice", "exp": 1}));
     tracing::subscriber::with_default(subscriber, || {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -71,8 +71,8 @@ async fn every_combination_of_secret_key_set_and_address() {
         ("[::]:8080".parse().unwrap(), false),
         ("10.1.2.3:8080".parse().unwrap(), false),
     ];
-    let rs256_token = rs256('a', Some(KID_A), &claims("alice"));
-    let dev_token = hs256(auth::DEV_SECRET, &claims("mallory"));
+    let rs256_token = rs256('a', Some(KID_A), &claims_for("alice"));
+    let dev_token = hs256(auth::DEV_SECRET, &claims_for("mallory"));
     for secret in [Secret::Unset, Secret::Dev, Secret::Strong, Secret::Short] {
         for key_set in [false, true] {
             for (listen, loopback) in addresses {
@@ -91,7 +91,7 @@ async fn every_combination_of_secret_key_set_and_address() {
                             Hs256::DevSecret => assert!(dev.is_ok(), "{case}"),
                             Hs256::Secret => {
                                 assert_eq!(dev, Err(AuthError::BadSignature), "{case}");
-                                let own = hs256(secret.value().unwrap(), &claims("alice"));
+                                let own = hs256(secret.value().unwrap(), &claims_for("alice"));
                                 assert_eq!(v.verify(&own).await.unwrap().as_str(), "alice");
                             }
                             Hs256::Refused => {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ops::{export, import, rebuild, verify};
+use ops::{export, import, rebuild, topics, verify};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -11,7 +11,8 @@ use ops::{export, import, rebuild, verify};
     version,
     about = "Operate the chat event log and its Postgres projection",
     long_about = "Operate the chat event log (Kafka) and its Postgres projection: rebuild the \
-                  projection from the log, verify it against the log, export events for analytics."
+                  projection from the log, verify it against the log, export events for analytics, \
+                  create the log's topics."
 )]
 struct Cli {
     #[command(flatten)]
@@ -41,6 +42,10 @@ enum Command {
     /// Print the JSON Schema of the log's events (the published copy is
     /// events/schema/chat-events.schema.json).
     Schema,
+    /// Create the event topic and its dead-letter topic unless they exist (unlimited retention;
+    /// replicated on three brokers or more), and report both. Existing topics are left as they
+    /// are; what differs from what would be created is reported as a warning.
+    Topics(topics::TopicsArgs),
 }
 
 #[tokio::main]
@@ -117,6 +122,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Schema => {
             print!("{}", events::schema::schema_text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topics(args) => {
+            for topic in topics::run(&cli.kafka, &args).await? {
+                println!("{topic}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -15,15 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
-use crate::{Service, TestEnv};
+use crate::ws::{self, Received, WsClient};
+use crate::{Service, TestEnv, eventually};
 
 /// What the injector kills.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -193,14 +190,11 @@ impl Infrastructure {
             .spawn()
             .expect("start redis-server (Debian package redis-server)");
         self.redis = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", REDIS_PORT)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server answers on {REDIS_PORT}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("redis-server answers on {REDIS_PORT}");
+        eventually(&what, Duration::from_secs(20), || async {
+            std::net::TcpStream::connect(("127.0.0.1", REDIS_PORT)).is_ok()
+        })
+        .await;
     }
 
     fn kill_redis(&mut self) {
@@ -230,6 +224,7 @@ fn kafka_stack(command: &str) -> std::process::Command {
         .arg(command)
         .env("STACK_KAFKA_PORT", KAFKA_PORT.to_string())
         .env("STACK_KAFKA_NODES", "1")
+        .env("CHATCTL", crate::binary_path("chatctl"))
         .stdout(std::process::Stdio::null());
     stack
 }
@@ -329,8 +324,6 @@ impl Ledger {
         *self.retries.entry(reason.to_owned()).or_default() += 1;
     }
 }
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Runs the plan against `env` (made by [`Infrastructure::env`]); returns what it found. Every
 /// service is running at the end.
@@ -595,15 +588,11 @@ async fn send_all(
     plan: &Plan,
 ) {
     let interval = Duration::from_secs_f64(1.0 / plan.rate_per_sender.max(0.1));
-    let mut ws: Option<Ws> = None;
+    let mut ws: Option<WsClient> = None;
     for k in 0..plan.messages_per_sender {
         let tick = Instant::now();
         let temp = format!("{sender}-{k}");
-        let frame = json!({
-            "action": "send-message", "conversationId": conversation,
-            "content": format!("chaos {temp}"), "tempMessageId": temp,
-        })
-        .to_string();
+        let frame = ws::send_message(conversation, &format!("chaos {temp}"), &temp);
         let acknowledged = 'attempts: loop {
             let socket = match ws.as_mut() {
                 Some(socket) => socket,
@@ -612,16 +601,16 @@ async fn send_all(
                     continue 'attempts;
                 }
             };
-            if socket.send(Message::text(frame.clone())).await.is_err() {
+            if socket.try_send(&frame).await.is_err() {
                 ws = None;
                 ledger.lock().unwrap().retry("connection lost");
                 continue;
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
             loop {
-                match tokio::time::timeout_at(deadline, socket.next()).await {
-                    Ok(Some(Ok(Message::Text(text)))) => {
-                        let f: Value = serde_json::from_str(&text).expect("frames are JSON");
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match socket.receive(left).await {
+                    Received::Frame(f) => {
                         if f["type"] == "new-message" && f["tempMessageId"] == temp.as_str() {
                             let id = f["messageId"].as_str().unwrap().to_owned();
                             let sent_at = f["sentAt"].as_str().unwrap().to_owned();
@@ -647,14 +636,13 @@ async fn send_all(
                             break;
                         }
                     }
-                    Ok(Some(Ok(_))) => continue,
                     // A silence, or the connection went away: send again.
-                    Ok(Some(Err(_)) | None) => {
+                    Received::Closed(_) | Received::Lost(_) => {
                         ws = None;
                         ledger.lock().unwrap().retry("connection lost");
                         break;
                     }
-                    Err(_) => {
+                    Received::Silence => {
                         ledger.lock().unwrap().retry("silence");
                         break;
                     }
@@ -677,16 +665,12 @@ async fn send_all(
 }
 
 /// A connection to the current edge, or None after a failed attempt (the caller retries).
-async fn connect(edge: &mut watch::Receiver<String>, token: &str) -> Option<Ws> {
+async fn connect(edge: &mut watch::Receiver<String>, token: &str) -> Option<WsClient> {
     let addr = edge.borrow_and_update().clone();
-    let url = format!("ws://{addr}/?Authorization={token}");
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    {
-        Ok(Ok((ws, _))) => Some(ws),
+    let url = ws::url(addr, &ws::root_with_token(token));
+    match tokio::time::timeout(Duration::from_secs(5), WsClient::connect_url(&url)).await {
+        // Unchecked frames: what is counted here is what arrives, whatever it is.
+        Ok(Ok(client)) => Some(client.reading(ws::as_sent)),
         _ => {
             tokio::time::sleep(Duration::from_millis(200)).await;
             None

@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::TestEnv;
+use crate::{TestEnv, eventually};
 
 /// `ConversationCreated` by `users[0]`; more than two users make a group titled "group".
 pub fn created(conversation_id: Uuid, users: &[&str]) -> Envelope {
@@ -77,19 +77,17 @@ pub async fn append_all(env: &TestEnv, events: &[Envelope]) {
 
 /// Waits until `query` (a single bigint) reaches `want`, and asserts it does not overshoot.
 pub async fn wait_for_count(pool: &PgPool, query: &str, want: i64, patience: Duration) {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
+    let what = format!("{query} reaches {want}");
+    eventually(&what, patience, || async {
         let got: i64 = sqlx::query_scalar(query).fetch_one(pool).await.unwrap();
         if got >= want {
             assert_eq!(got, want, "{query}");
-            return;
+            Ok(())
+        } else {
+            Err(format!("{got} of {want}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{query}: {got} of {want} after {patience:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// The projection's tables with the order that makes their digest deterministic.

@@ -7,20 +7,25 @@
 
 pub mod asyncapi;
 pub mod chaos;
+pub mod eventually;
 pub mod fixtures;
+pub mod registry;
+pub mod tokens;
+pub mod ws;
+
+pub use eventually::{eventually, eventually_every};
+pub use tokens::{JWT_SECRET, now_secs, token_with};
+pub use ws::WsClient;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
-
-/// The HS256 secret every test service is started with.
-pub const JWT_SECRET: &str = "integration-test-secret";
 
 /// A rate-limit budget no test reaches.
 const UNLIMITED: &str = "1000000";
@@ -43,23 +48,20 @@ fn env_or(name: &str, default: &str) -> String {
 impl TestEnv {
     /// A fresh topic (4 partitions, and its dead-letter topic) and a fresh migrated database.
     pub async fn new() -> Self {
-        Self::on_brokers(&env_or("KAFKA_BROKERS", "127.0.0.1:9092")).await
+        Self::on_brokers(&env_or("KAFKA_BROKERS", writer::DEFAULT_BROKERS)).await
     }
 
     /// [`TestEnv::new`] on another Kafka cluster (e.g. a replicated one a test started).
     pub async fn on_brokers(brokers: &str) -> Self {
         let name = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
         let brokers = brokers.to_owned();
-        let admin_url = env_or("DATABASE_URL", "postgres://chat:chat@127.0.0.1:5432/chat");
+        let admin_url = env_or("DATABASE_URL", store::DEFAULT_DATABASE_URL);
         let redis_url = env_or("REDIS_URL", "redis://127.0.0.1:6379");
         let topic = format!("test.{name}.events");
 
-        writer::admin::ensure_topic(&brokers, &topic, 4)
+        ops::topics::create(&brokers, &topic, 4)
             .await
-            .expect("create the test topic (is the stack up? scripts/stack infra-up)");
-        writer::admin::ensure_topic(&brokers, &format!("{topic}.dlq"), 1)
-            .await
-            .expect("create the test dead-letter topic");
+            .expect("create the test topics (is the stack up? scripts/stack infra-up)");
 
         let admin = PgPoolOptions::new()
             .max_connections(1)
@@ -93,9 +95,14 @@ impl TestEnv {
         }
     }
 
-    /// An HS256 token for `user`, valid for an hour.
+    /// A valid token for `user`, signed with the secret of this test's services.
     pub fn token(&self, user: &str) -> String {
-        token_with(serde_json::json!({ "sub": user, "exp": now_secs() + 3600 }))
+        tokens::token_for(user)
+    }
+
+    /// Where the projector sets aside the records of this test's topic it cannot apply.
+    pub fn dead_letter_topic(&self) -> String {
+        projector::dead_letter_topic(&self.topic)
     }
 
     /// A writer appending to this test's topic.
@@ -302,23 +309,6 @@ impl Service {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
-}
-
-/// Signs `claims` with the test secret (HS256).
-pub fn token_with(claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .expect("sign a token")
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 /// A loopback address with a port free at the time of the call.

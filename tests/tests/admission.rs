@@ -9,12 +9,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_tests::fixtures::{append_all, created, message};
-use chat_tests::{RestClient, TestEnv};
+use chat_tests::{RestClient, TestEnv, WsClient, eventually};
 use events::{
     ConversationCreated, Envelope, Event, MAX_CONTENT_CHARS, MAX_TEMP_MESSAGE_ID_CHARS,
     MAX_TITLE_CHARS, MAX_USER_ID_CHARS, MessageSent, MessagesRead, Timestamp,
 };
-use futures_util::{SinkExt, StreamExt};
 use hostile::hostile_field;
 use projector::{Folder, Record};
 use proptest::prelude::*;
@@ -25,7 +24,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use store::{Order, Page, Store};
-use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 /// One generated history: a group, a message in it and a read, with hostile text everywhere.
@@ -288,37 +286,24 @@ async fn send_message_with_nul_gets_an_error_frame_and_appends_nothing() {
     append_all(&env, &[created(conversation, &["alice", "bob"])]).await;
     let pool = env.pool().await;
     let store = Store::new(pool.clone());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store.participants(conversation).await.unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the projection never had the conversation"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let url = format!("ws://{}/?Authorization={}", edge.addr, env.token("alice"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let what = "the projection has the conversation";
+    eventually(what, Duration::from_secs(10), || async {
+        store.participants(conversation).await.unwrap().is_some()
+    })
+    .await;
+    // Frames the document refuses, and their answers echoing them: sent and read unchecked.
+    let mut ws = WsClient::connect(&env, &edge, "alice")
+        .await
+        .reading(chat_tests::ws::as_sent);
     let before = log_size(&env);
     for (content, temp, code) in [
         ("hi\u{0}there", "t-nul-content", "invalid_content"),
         ("\u{0}", "t-only-nul", "invalid_content"),
         ("hi", "t\u{0}nul", "invalid_field"),
     ] {
-        let frame = json!({
-            "action": "send-message", "conversationId": conversation,
-            "content": content, "tempMessageId": temp,
-        });
-        ws.send(Message::text(frame.to_string())).await.unwrap();
-        let reply = loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
-                .await
-                .expect("a reply within 10 s")
-                .unwrap()
-                .unwrap();
-            if let Message::Text(text) = message {
-                break serde_json::from_str::<Value>(&text).unwrap();
-            }
-        };
+        let frame = chat_tests::ws::send_message(conversation, content, temp);
+        ws.send_text(&frame.to_string()).await;
+        let reply = ws.next().await;
         assert_eq!(reply["type"], "error", "{reply}");
         assert_eq!(reply["code"], code, "{reply}");
         assert_eq!(reply["tempMessageId"], temp, "{reply}");
@@ -328,16 +313,9 @@ async fn send_message_with_nul_gets_an_error_frame_and_appends_nothing() {
         );
     }
     // The connection still works, and only that message enters the log.
-    let frame = json!({
-        "action": "send-message", "conversationId": conversation,
-        "content": "\u{202e}fine\u{1}\u{fffe}👋", "tempMessageId": "t-ok",
-    });
-    ws.send(Message::text(frame.to_string())).await.unwrap();
-    let echo = loop {
-        if let Message::Text(text) = ws.next().await.unwrap().unwrap() {
-            break serde_json::from_str::<Value>(&text).unwrap();
-        }
-    };
+    let frame = chat_tests::ws::send_message(conversation, "\u{202e}fine\u{1}\u{fffe}👋", "t-ok");
+    ws.send_text(&frame.to_string()).await;
+    let echo = ws.next().await;
     assert_eq!(echo["type"], "new-message", "{echo}");
     assert_eq!(echo["content"], "\u{202e}fine\u{1}\u{fffe}👋");
     assert_eq!(
@@ -427,24 +405,19 @@ async fn the_projector_is_not_ready_while_dead_letters_wait() {
         .await
         .unwrap();
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let body = loop {
+    let what = "readyz reports the dead letter";
+    let body = eventually(what, Duration::from_secs(20), || async {
         let response = http.get(projector.url("/readyz")).send().await.unwrap();
-        if response.status() == 503 {
-            let body: Value = response.json().await.unwrap();
-            if body["dependencies"]["dead_letters"] == false {
-                break body;
-            }
+        if response.status() != 503 {
+            return None;
         }
-        assert!(
-            Instant::now() < deadline,
-            "readyz never reported the dead letter"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        let body: Value = response.json().await.unwrap();
+        (body["dependencies"]["dead_letters"] == false).then_some(body)
+    })
+    .await;
     let detail = body["details"]["dead_letters"].as_str().unwrap();
     assert!(
-        detail.starts_with("1 new record(s)") && detail.contains(&format!("{}.dlq", env.topic)),
+        detail.starts_with("1 new record(s)") && detail.contains(&env.dead_letter_topic()),
         "{body}"
     );
     // A projector started after it (the operator's acknowledgement) is ready, and names it.

@@ -6,12 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chat_tests::fixtures::projected_conversation;
-use chat_tests::{Service, TestEnv, asyncapi};
-use futures_util::{SinkExt, StreamExt};
+use chat_tests::{Service, TestEnv, WsClient, asyncapi, ws};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -21,75 +17,18 @@ const SENDS: &[(&str, &str)] = &[
     ("CHAT_RATE_SEND_MESSAGE_PER_MINUTE", "60000"),
 ];
 
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A client whose every frame is checked as [`with_cursor`] says.
+async fn client(env: &TestEnv, edge: &Service, user: &str) -> WsClient {
+    WsClient::connect(env, edge, user)
+        .await
+        .reading(with_cursor)
+        .with_patience(PATIENCE)
 }
 
-impl Client {
-    async fn connect(env: &TestEnv, edge: &Service, user: &str) -> Self {
-        let url = format!("ws://{}/?Authorization={}", edge.addr, env.token(user));
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("WebSocket connect");
-        Self { ws }
-    }
-
-    async fn send(&mut self, frame: Value) {
-        if let Err(e) = asyncapi::check_client_frame(&frame) {
-            panic!("the AsyncAPI document does not describe the frame {frame}:\n{e}");
-        }
-        self.ws
-            .send(Message::text(frame.to_string()))
-            .await
-            .expect("send a frame");
-    }
-
-    async fn catch_up(&mut self, cursor: &str) {
-        self.send(json!({ "action": "catch-up", "cursor": cursor }))
-            .await;
-    }
-
-    async fn next(&mut self) -> Value {
-        self.next_within(PATIENCE)
-            .await
-            .expect("a frame within the patience")
-    }
-
-    async fn next_within(&mut self, patience: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?
-            {
-                Some(Ok(Message::Text(text))) => return Some(received(&text)),
-                Some(Ok(Message::Close(frame))) => panic!("closed by the server: {frame:?}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("connection failed: {e}"),
-                None => panic!("connection ended"),
-            }
-        }
-    }
-
-    /// Frames up to and including the first of type `last`.
-    async fn until(&mut self, last: &str) -> Vec<Value> {
-        let mut frames = Vec::new();
-        loop {
-            let frame = self.next().await;
-            let done = frame["type"] == last;
-            frames.push(frame);
-            if done {
-                return frames;
-            }
-        }
-    }
-}
-
-/// A text frame from the edge, as JSON; panics unless the AsyncAPI document describes it (as
-/// one message, with no field it does not declare). Every frame here but `error` comes from
-/// the log or ends a catch-up, so it carries a cursor.
-fn received(text: &str) -> Value {
-    let frame: Value = serde_json::from_str(text).expect("frames are JSON");
+/// A frame from the edge, described by the AsyncAPI document (as one message, with no field it
+/// does not declare). Every frame here but `error` comes from the log or ends a catch-up, so it
+/// carries a cursor.
+fn with_cursor(frame: Value) -> Value {
     let name = asyncapi::check_server_frame(&frame).unwrap_or_else(|e| {
         panic!("the AsyncAPI document does not describe the received frame {frame}:\n{e}")
     });
@@ -102,15 +41,30 @@ fn received(text: &str) -> Value {
     frame
 }
 
+async fn catch_up(client: &mut WsClient, cursor: &str) {
+    client
+        .send(json!({ "action": "catch-up", "cursor": cursor }))
+        .await;
+}
+
+/// Reads `count` `new-message` frames; returns how many came.
+async fn until_count(client: &mut WsClient, count: usize) -> usize {
+    let mut n = 0;
+    while n < count {
+        if client.next().await["type"] == "new-message" {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A `send-message` frame whose temp id is its content.
 fn send(conversation: Uuid, content: &str) -> Value {
-    json!({
-        "action": "send-message", "conversationId": conversation,
-        "content": content, "tempMessageId": content,
-    })
+    ws::send_message(conversation, content, content)
 }
 
 /// Sends `count` messages, `tag-0` … spread round-robin over `conversations`, without waiting.
-async fn burst(sender: &mut Client, conversations: &[Uuid], tag: &str, count: usize) {
+async fn burst(sender: &mut WsClient, conversations: &[Uuid], tag: &str, count: usize) {
     for i in 0..count {
         let c = conversations[i % conversations.len()];
         sender.send(send(c, &format!("{tag}-{i}"))).await;
@@ -153,8 +107,8 @@ async fn a_reconnect_to_the_other_edge_gets_exactly_what_it_missed_then_live_fra
         conversations.push(projected_conversation(&env, &["ann", "bob"]).await);
     }
 
-    let mut bob = Client::connect(&env, &edge_b, "bob").await;
-    let mut ann = Client::connect(&env, &edge_a, "ann").await;
+    let mut bob = client(&env, &edge_b, "bob").await;
+    let mut ann = client(&env, &edge_a, "ann").await;
     // Ann's cursor: the one of the last frame she received before dropping.
     bob.send(send(conversations[0], "before-0")).await;
     let first = ann.next().await;
@@ -167,20 +121,20 @@ async fn a_reconnect_to_the_other_edge_gets_exactly_what_it_missed_then_live_fra
     burst(&mut bob, &conversations, "away", 200).await;
     bob.send(json!({"action": "read-messages", "conversationId": conversations[1]}))
         .await;
-    let mut ann_elsewhere = Client::connect(&env, &edge_b, "ann").await;
+    let mut ann_elsewhere = client(&env, &edge_b, "ann").await;
     ann_elsewhere
         .send(json!({"action": "read-messages", "conversationId": conversations[2]}))
         .await;
     ann_elsewhere.until("read-messages").await;
     // Bob's own echoes tell when all of it is in the log.
-    let echoes = bob.until_count(201).await;
+    let echoes = until_count(&mut bob, 201).await;
     assert_eq!(echoes, 201);
     drop(ann_elsewhere);
 
     // Reconnect to the other edge and catch up while Bob keeps sending: the seam.
-    let mut ann = Client::connect(&env, &edge_b, "ann").await;
+    let mut ann = client(&env, &edge_b, "ann").await;
     let started = std::time::Instant::now();
-    ann.catch_up(&cursor).await;
+    catch_up(&mut ann, &cursor).await;
     burst(&mut bob, &conversations, "during", 100).await;
     let replay = ann.until("caught-up").await;
     eprintln!(
@@ -239,13 +193,13 @@ async fn a_reconnect_to_the_other_edge_gets_exactly_what_it_missed_then_live_fra
     let last_cursor = all.last().unwrap()["cursor"].as_str().unwrap().to_owned();
     drop(ann);
     let edge_c = env.spawn_edge_with(SENDS).await;
-    let mut ann = Client::connect(&env, &edge_c, "ann").await;
-    ann.catch_up(&last_cursor).await;
+    let mut ann = client(&env, &edge_c, "ann").await;
+    catch_up(&mut ann, &last_cursor).await;
     let again = ann.until("caught-up").await;
     assert_eq!(again.len(), 1, "nothing to replay: {again:?}");
     // The caught-up cursor from before replays exactly the frames that followed it.
-    let mut ann2 = Client::connect(&env, &edge_a, "ann").await;
-    ann2.catch_up(&caught_up).await;
+    let mut ann2 = client(&env, &edge_a, "ann").await;
+    catch_up(&mut ann2, &caught_up).await;
     let after = ann2.until("caught-up").await;
     let after: HashSet<String> = contents(&after).into_iter().collect();
     let after_live: HashSet<String> = contents(&live).into_iter().collect();
@@ -268,17 +222,17 @@ async fn bounds_bad_cursors_and_rate_limits() {
         .spawn_edge_with(&[&rates[..], &[("CHAT_WS_CATCH_UP_MAX_EVENTS", "20")]].concat())
         .await;
     let c = projected_conversation(&env, &["ann", "bob"]).await;
-    let mut bob = Client::connect(&env, &edge, "bob").await;
-    let mut ann = Client::connect(&env, &edge, "ann").await;
+    let mut bob = client(&env, &edge, "bob").await;
+    let mut ann = client(&env, &edge, "ann").await;
     bob.send(send(c, "x-0")).await;
     let cursor = ann.next().await["cursor"].as_str().unwrap().to_owned();
     drop(ann);
     burst(&mut bob, &[c], "y", 30).await;
-    assert_eq!(bob.until_count(31).await, 31);
+    assert_eq!(until_count(&mut bob, 31).await, 31);
 
     // Too far behind: the answer says so, with a cursor to go on from after reading REST.
-    let mut ann = Client::connect(&env, &edge, "ann").await;
-    ann.catch_up(&cursor).await;
+    let mut ann = client(&env, &edge, "ann").await;
+    catch_up(&mut ann, &cursor).await;
     let gap = ann.next().await;
     assert_eq!(gap["type"], "catch-up-gap", "{gap}");
     assert_eq!(gap["reason"], "too_many_events");
@@ -288,16 +242,16 @@ async fn bounds_bad_cursors_and_rate_limits() {
     let strict = env
         .spawn_edge_with(&[&rates[..], &[("CHAT_WS_CATCH_UP_MAX_AGE_SECS", "1")]].concat())
         .await;
-    let mut ann = Client::connect(&env, &strict, "ann").await;
-    let mut bob_strict = Client::connect(&env, &strict, "bob").await;
+    let mut ann = client(&env, &strict, "ann").await;
+    let mut bob_strict = client(&env, &strict, "bob").await;
     bob_strict.send(send(c, "z-0")).await;
     let recent = ann.next().await["cursor"].as_str().unwrap().to_owned();
     drop(ann);
     bob_strict.send(send(c, "z-1")).await;
-    assert_eq!(bob_strict.until_count(2).await, 2);
+    assert_eq!(until_count(&mut bob_strict, 2).await, 2);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut ann = Client::connect(&env, &strict, "ann").await;
-    ann.catch_up(&recent).await;
+    let mut ann = client(&env, &strict, "ann").await;
+    catch_up(&mut ann, &recent).await;
     let old = ann.next().await;
     assert_eq!(old["type"], "catch-up-gap", "{old}");
     assert_eq!(old["reason"], "too_old");
@@ -315,21 +269,21 @@ async fn bounds_bad_cursors_and_rate_limits() {
         too_few,
         beyond_the_end,
     ] {
-        let mut ann = Client::connect(&env, &edge, "ann").await;
-        ann.catch_up(&bad).await;
+        let mut ann = client(&env, &edge, "ann").await;
+        catch_up(&mut ann, &bad).await;
         let error = ann.next().await;
         assert_eq!(error["type"], "error", "{error}");
         assert_eq!(error["code"], "invalid_cursor", "{bad}: {error}");
     }
     // Not the first frame.
-    let mut ann = Client::connect(&env, &edge, "ann").await;
+    let mut ann = client(&env, &edge, "ann").await;
     ann.send(json!({"action": "heartbeat"})).await;
-    ann.catch_up(&cursor).await;
+    catch_up(&mut ann, &cursor).await;
     assert_eq!(ann.next().await["code"], "catch_up_too_late");
     // The budget (8 at once: the gap, the too-old one, the six bad cursors; the late one was
     // refused before it) is spent, on every edge: the next catch-up is refused.
-    let mut ann = Client::connect(&env, &edge, "ann").await;
-    ann.catch_up(gap["cursor"].as_str().unwrap()).await;
+    let mut ann = client(&env, &edge, "ann").await;
+    catch_up(&mut ann, gap["cursor"].as_str().unwrap()).await;
     let limited = ann.next().await;
     assert_eq!(limited["code"], "rate_limited", "{limited}");
 }
@@ -339,17 +293,4 @@ fn foreign(cursor: &str) -> String {
     let mut chars: Vec<char> = cursor.chars().collect();
     chars[3] = if chars[3] == 'A' { 'B' } else { 'A' };
     chars.into_iter().collect()
-}
-
-impl Client {
-    /// Reads `count` `new-message` frames; returns how many came.
-    async fn until_count(&mut self, count: usize) -> usize {
-        let mut n = 0;
-        while n < count {
-            if self.next().await["type"] == "new-message" {
-                n += 1;
-            }
-        }
-        n
-    }
 }

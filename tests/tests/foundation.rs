@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use chat_tests::TestEnv;
 use chat_tests::fixtures::{PROJECTION_TABLES, created, message, table_digest, wait_for_count};
+use chat_tests::{TestEnv, eventually};
 use events::{Envelope, Event, MessagesRead};
 use futures_util::future::join_all;
 use rdkafka::ClientConfig;
@@ -160,15 +160,17 @@ async fn projector_killed_mid_batch_resumes_exactly() {
 
 async fn wait_positions_equal(a: &PgPool, b: &PgPool) {
     let query = "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions";
-    for _ in 0..200 {
+    let what = "the two projections at the same log positions";
+    eventually(what, Duration::from_secs(10), || async {
         let x: i64 = sqlx::query_scalar(query).fetch_one(a).await.unwrap();
         let y: i64 = sqlx::query_scalar(query).fetch_one(b).await.unwrap();
         if x == y {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{x} and {y}"))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the two projections never reached the same log positions");
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -6,39 +6,13 @@
 use std::time::Duration;
 
 use chat_tests::fixtures::projected_conversation;
-use chat_tests::{RestClient, Service, TestEnv};
-use futures_util::{SinkExt, StreamExt};
+use chat_tests::registry::registrations;
+use chat_tests::{RestClient, Service, TestEnv, WsClient, eventually, ws};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const PATIENCE: Duration = Duration::from_secs(10);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn connect(env: &TestEnv, edge: &Service, user: &str) -> Ws {
-    let url = format!("ws://{}/?Authorization={}", edge.addr, env.token(user));
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("WebSocket connect")
-        .0
-}
-
-/// The next text frame as JSON (control frames skipped; tungstenite answers pings meanwhile).
-async fn next_frame(ws: &mut Ws, patience: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.ok()? {
-            Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).unwrap()),
-            Some(Ok(Message::Close(frame))) => panic!("closed by the server: {frame:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("connection failed: {e}"),
-            None => panic!("connection ended"),
-        }
-    }
-}
 
 /// Reads and throws away everything until the peer closes; panics after `patience`.
 async fn until_closed(socket: &mut TcpStream, patience: Duration) {
@@ -50,39 +24,6 @@ async fn until_closed(socket: &mut TcpStream, patience: Duration) {
             Ok(Ok(0) | Err(_)) => return,
             Ok(Ok(_)) => continue,
         }
-    }
-}
-
-/// How many live connections Redis records for `user`.
-async fn registrations(env: &TestEnv, user: &str) -> usize {
-    let mut redis = redis::Client::open(env.redis_url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to Redis");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(format!("{}user:{{{user}}}", env.redis_prefix))
-        .arg(now)
-        .arg("+inf")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    ids.len()
-}
-
-async fn eventually<F, Fut>(what: &str, patience: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + patience;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -184,7 +125,7 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_unregistered() {
         ])
         .await;
     // A healthy client of the same user: tungstenite answers every ping while it is read.
-    let mut healthy = connect(&env, &edge, "alice").await;
+    let mut healthy = WsClient::connect(&env, &edge, "alice").await;
 
     // A raw client that upgrades and then never reads nor answers anything.
     let mut dead = TcpStream::connect(edge.addr).await.unwrap();
@@ -209,23 +150,20 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_unregistered() {
     );
     let upgraded = tokio::time::Instant::now();
     eventually("both connections registered", PATIENCE, || async {
-        registrations(&env, "alice").await == 2
+        registrations(&env, "alice").await.len() == 2
     })
     .await;
 
     // Reaped after 2 unanswered pings (2-3 s), and unregistered, while the healthy client,
     // idle but answering, stays.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while registrations(&env, "alice").await != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the silent peer was never unregistered"
-        );
-        assert_eq!(
-            next_frame(&mut healthy, Duration::from_millis(100)).await,
-            None
-        );
-    }
+    eventually("the silent peer unregistered", PATIENCE, async || {
+        if registrations(&env, "alice").await.len() == 1 {
+            return true;
+        }
+        assert_eq!(healthy.next_within(Duration::from_millis(100)).await, None);
+        false
+    })
+    .await;
     println!(
         "silent peer unregistered {:?} after its upgrade (ping every 1 s, 2 missed pongs allowed)",
         upgraded.elapsed()
@@ -243,16 +181,10 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_unregistered() {
     );
 
     // The healthy client lived through more pings than the limit and still works.
-    assert_eq!(next_frame(&mut healthy, Duration::from_secs(3)).await, None);
-    healthy
-        .send(Message::text(r#"{"action":"heartbeat"}"#))
-        .await
-        .unwrap();
-    assert_eq!(
-        next_frame(&mut healthy, Duration::from_millis(300)).await,
-        None
-    );
-    assert_eq!(registrations(&env, "alice").await, 1);
+    healthy.expect_silence(Duration::from_secs(3)).await;
+    healthy.send(json!({"action": "heartbeat"})).await;
+    healthy.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(registrations(&env, "alice").await.len(), 1);
 }
 
 // --- Part 4: rate limits ---------------------------------------------------------------------
@@ -270,27 +202,24 @@ async fn a_burst_of_150_sends_across_two_edges_is_mostly_refused_and_the_budget_
     let edge_a = env.spawn_edge_with(&SEND_DEFAULTS).await;
     let edge_b = env.spawn_edge_with(&SEND_DEFAULTS).await;
     let id = projected_conversation(&env, &["alice", "bob"]).await;
-    let mut on_a = connect(&env, &edge_a, "alice").await;
-    let mut on_b = connect(&env, &edge_b, "alice").await;
+    let mut on_a = WsClient::connect(&env, &edge_a, "alice").await;
+    let mut on_b = WsClient::connect(&env, &edge_b, "alice").await;
 
     // 150 sends at once, half through each edge: the budget is one, in Redis.
     for i in 0..150 {
         let ws = if i % 2 == 0 { &mut on_a } else { &mut on_b };
-        let frame = json!({
-            "action": "send-message", "conversationId": id,
-            "content": format!("m{i}"), "tempMessageId": format!("t{i}"),
-        });
-        ws.feed(Message::text(frame.to_string())).await.unwrap();
+        ws.feed(ws::send_message(id, &format!("m{i}"), &format!("t{i}")))
+            .await;
     }
-    on_a.flush().await.unwrap();
-    on_b.flush().await.unwrap();
+    on_a.flush().await;
+    on_b.flush().await;
 
     // Each connection gets an error for each of its refused sends and an echo of every
     // accepted one (from both edges: they are the same user's connections).
     let (mut refused, mut accepted) = (Vec::new(), std::collections::BTreeSet::new());
     let mut retry_after_ms = 0;
     for ws in [&mut on_a, &mut on_b] {
-        while let Some(frame) = next_frame(ws, Duration::from_secs(3)).await {
+        while let Some(frame) = ws.next_within(Duration::from_secs(3)).await {
             match frame["type"].as_str() {
                 Some("error") => {
                     assert_eq!(frame["code"], "rate_limited", "{frame}");
@@ -320,37 +249,19 @@ async fn a_burst_of_150_sends_across_two_edges_is_mostly_refused_and_the_budget_
     // Both connections stay open and send again once the budget refilled.
     tokio::time::sleep(Duration::from_millis(retry_after_ms + 100)).await;
     for (n, ws) in [&mut on_a, &mut on_b].into_iter().enumerate() {
-        let frame = json!({
-            "action": "send-message", "conversationId": id,
-            "content": "after", "tempMessageId": format!("after{n}"),
-        });
-        ws.send(Message::text(frame.to_string())).await.unwrap();
+        let temp = format!("after{n}");
+        ws.send_message(id, "after", &temp).await;
         // (The echo of the other connection's send may come first: same user.)
-        loop {
-            let answer = next_frame(ws, PATIENCE).await.expect("an answer");
-            if answer["tempMessageId"] == format!("after{n}") {
-                assert_eq!(answer["type"], "new-message", "{answer}");
-                break;
-            }
-        }
+        let answer = ws.next_where(|f| f["tempMessageId"] == temp.as_str()).await;
+        assert_eq!(answer["type"], "new-message", "{answer}");
         // One more send fits every 500 ms.
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
     // Someone else's budget is untouched.
-    let mut bob = connect(&env, &edge_a, "bob").await;
-    bob.send(Message::text(
-        json!({"action": "send-message", "conversationId": id, "content": "hi", "tempMessageId": "b1"})
-            .to_string(),
-    ))
-    .await
-    .unwrap();
-    loop {
-        let frame = next_frame(&mut bob, PATIENCE).await.expect("bob's echo");
-        if frame["tempMessageId"] == "b1" {
-            assert_eq!(frame["type"], "new-message", "{frame}");
-            break;
-        }
-    }
+    let mut bob = WsClient::connect(&env, &edge_a, "bob").await;
+    bob.send_message(id, "hi", "b1").await;
+    let frame = bob.next_where(|f| f["tempMessageId"] == "b1").await;
+    assert_eq!(frame["type"], "new-message", "{frame}");
 }
 
 #[tokio::test]
@@ -366,7 +277,7 @@ async fn heartbeat_and_read_floods_are_refused_at_their_default_budgets() {
         ])
         .await;
     let id = projected_conversation(&env, &["alice", "bob"]).await;
-    let mut alice = connect(&env, &edge, "alice").await;
+    let mut alice = WsClient::connect(&env, &edge, "alice").await;
     for (frame, count, budget) in [
         (json!({"action": "heartbeat"}), 60, 20),
         (
@@ -376,11 +287,11 @@ async fn heartbeat_and_read_floods_are_refused_at_their_default_budgets() {
         ),
     ] {
         for _ in 0..count {
-            alice.feed(Message::text(frame.to_string())).await.unwrap();
+            alice.feed(frame.clone()).await;
         }
-        alice.flush().await.unwrap();
+        alice.flush().await;
         let (mut refused, mut read_frames) = (0, 0);
-        while let Some(answer) = next_frame(&mut alice, Duration::from_secs(2)).await {
+        while let Some(answer) = alice.next_within(Duration::from_secs(2)).await {
             match answer["type"].as_str() {
                 Some("error") => {
                     assert_eq!(answer["code"], "rate_limited", "{answer}");

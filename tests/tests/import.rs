@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chat_tests::fixtures::wait_for_count;
-use chat_tests::{RestClient, TestEnv, binary_path};
+use chat_tests::{RestClient, TestEnv, binary_path, eventually_every};
 use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -484,19 +484,15 @@ async fn an_import_killed_mid_append_and_run_again_appends_nothing_twice() {
         .kill_on_drop(true)
         .spawn()
         .expect("start chatctl");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let at_kill = loop {
+    // Polled often, to kill it in the middle of appending.
+    let poll = Duration::from_millis(5);
+    let what = "the import appended 1,000 records";
+    let at_kill = eventually_every(poll, what, Duration::from_secs(60), || async {
         let records = log_records(&env).await;
-        if records > 1_000 {
-            import.start_kill().unwrap();
-            break records;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the import never appended"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+        (records > 1_000).then_some(records)
+    })
+    .await;
+    import.start_kill().unwrap();
     import.wait().await.unwrap();
     let after_kill = log_records(&env).await;
     assert!(

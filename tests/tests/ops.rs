@@ -7,7 +7,7 @@ use std::time::Duration;
 use chat_tests::fixtures::{
     PROJECTION_TABLES, append_all, created, message, read, table_digest, wait_for_count as wait_for,
 };
-use chat_tests::{RestClient, TestEnv, binary_path};
+use chat_tests::{RestClient, TestEnv, binary_path, eventually, eventually_every};
 use events::{Envelope, Timestamp};
 use futures_util::future::join_all;
 use rdkafka::ClientConfig;
@@ -58,6 +58,49 @@ async fn wait_caught_up(env: &TestEnv, pool: &PgPool) {
         Duration::from_secs(30),
     )
     .await;
+}
+
+#[tokio::test]
+async fn chatctl_topics_creates_the_log_and_its_dead_letter_topic_and_never_changes_them() {
+    let env = TestEnv::new().await;
+    let topic = format!("{}-created", env.topic);
+    let dead_letters = projector::dead_letter_topic(&topic);
+    let topics = |partitions: &'static str| {
+        let topic = topic.clone();
+        let env = &env;
+        async move {
+            let args = [
+                "--events-topic",
+                &topic,
+                "topics",
+                "--partitions",
+                partitions,
+            ];
+            chatctl(env, &args).await
+        }
+    };
+    let (code, out, err) = topics("3").await;
+    assert_eq!(code, 0, "{err}");
+    for created in [
+        format!("topic {topic}: created, 3 partition(s)"),
+        format!("topic {dead_letters}: created, 1 partition(s)"),
+    ] {
+        assert!(out.contains(&created), "{out}");
+    }
+    assert!(!out.contains("warning"), "{out}");
+
+    // Asked again for another partition count: both are left as they are, the difference said.
+    let (code, out, err) = topics("5").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("topic {topic}: exists, 3 partition(s)")),
+        "{out}"
+    );
+    assert!(out.contains("warning: 3 partitions, not 5"), "{out}");
+    assert!(
+        out.contains(&format!("topic {dead_letters}: exists, 1 partition(s)")),
+        "{out}"
+    );
 }
 
 /// Runs `chatctl` against this test's stack; returns its exit code, stdout and stderr.
@@ -339,9 +382,7 @@ async fn poison_events_are_dead_lettered_and_the_projector_moves_on() {
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    consumer
-        .subscribe(&[&format!("{}.dlq", env.topic)])
-        .unwrap();
+    consumer.subscribe(&[&env.dead_letter_topic()]).unwrap();
     let mut letters = Vec::new();
     while letters.len() < 2 {
         let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
@@ -549,22 +590,18 @@ async fn rebuild_killed_mid_fold_resumes_and_switches() {
         .kill_on_drop(true)
         .spawn()
         .expect("start chatctl");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    // Polled often, to kill it in the middle of the fold.
+    let poll = Duration::from_millis(5);
+    let what = "the rebuild got going";
+    eventually_every(poll, what, Duration::from_secs(30), || async {
         let folded: Result<i64, _> = sqlx::query_scalar(
             "SELECT coalesce(sum(next_offset), 0)::bigint FROM rebuild.projector_positions",
         )
         .fetch_one(&pool)
         .await;
-        if folded.is_ok_and(|n| n > 60) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the rebuild never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        folded.is_ok_and(|n| n > 60)
+    })
+    .await;
     assert!(
         rebuild.try_wait().unwrap().is_none(),
         "the rebuild finished before it could be killed"
@@ -936,20 +973,18 @@ async fn an_event_from_a_newer_build_stops_its_partition() {
     )
     .await;
     let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let body = loop {
+    let what = "readyz reports the stopped partition";
+    let body = eventually(what, Duration::from_secs(30), || async {
         let response = client.get(projector.url("/readyz")).send().await.unwrap();
         let status = response.status().as_u16();
         let body: serde_json::Value = response.json().await.unwrap();
         if status == 503 && body["details"]["projection"].is_string() {
-            break body;
+            Ok(body)
+        } else {
+            Err(format!("still ready: {body}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still ready: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_eq!(body["dependencies"]["projection"], false, "{body}");
     let reason = body["details"]["projection"].as_str().unwrap();
     assert!(

@@ -13,15 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chat_tests::{Service, TestEnv};
+use chat_tests::{TestEnv, WsClient, eventually, ws};
 use events::{ConversationCreated, Envelope, Event};
-use futures_util::{SinkExt, StreamExt};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
 /// The cluster's first broker port: 19092, 19094, 19096 (controllers one above each).
@@ -44,7 +39,8 @@ impl Cluster {
             .arg(root().join("scripts/stack"))
             .arg(command)
             .env("STACK_KAFKA_NODES", "3")
-            .env("STACK_KAFKA_PORT", CLUSTER_PORT.to_string());
+            .env("STACK_KAFKA_PORT", CLUSTER_PORT.to_string())
+            .env("CHATCTL", chat_tests::binary_path("chatctl"));
         stack
     }
 
@@ -109,30 +105,6 @@ impl Drop for Cluster {
     }
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn connect(env: &TestEnv, edge: &Service, user: &str) -> Ws {
-    let url = format!("ws://{}/?Authorization={}", edge.addr, env.token(user));
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("WebSocket connect")
-        .0
-}
-
-/// The next text frame within `patience`, as JSON.
-async fn next_frame(ws: &mut Ws, patience: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.ok()? {
-            Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).unwrap()),
-            Some(Ok(Message::Close(frame))) => panic!("closed by the server: {frame:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("connection failed: {e}"),
-            None => panic!("connection ended"),
-        }
-    }
-}
-
 /// One acknowledged send: its id, when its echo arrived, and how many attempts it took.
 struct Ack {
     message_id: String,
@@ -142,15 +114,12 @@ struct Ack {
 
 /// Sends `temp` until its echo arrives, retrying the same `tempMessageId` after an error frame
 /// or a silence, as the extension does.
-async fn send_until_acknowledged(ws: &mut Ws, conversation: Uuid, temp: &str) -> Ack {
-    let frame = json!({
-        "action": "send-message", "conversationId": conversation,
-        "content": format!("message {temp}"), "tempMessageId": temp,
-    });
+async fn send_until_acknowledged(ws: &mut WsClient, conversation: Uuid, temp: &str) -> Ack {
+    let frame = ws::send_message(conversation, &format!("message {temp}"), temp);
     for attempt in 1..=20 {
-        ws.send(Message::text(frame.to_string())).await.unwrap();
+        ws.send(frame.clone()).await;
         loop {
-            match next_frame(ws, Duration::from_secs(15)).await {
+            match ws.next_within(Duration::from_secs(15)).await {
                 Some(f) if f["type"] == "new-message" && f["tempMessageId"] == temp => {
                     return Ack {
                         message_id: f["messageId"].as_str().unwrap().to_owned(),
@@ -205,16 +174,20 @@ async fn killing_a_partition_leader_under_load_loses_and_doubles_nothing() {
             .unwrap()
             > 0
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !known().await {
-        assert!(Instant::now() < deadline, "the conversation is projected");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the conversation is projected",
+        Duration::from_secs(30),
+        known,
+    )
+    .await;
 
-    let mut alice = connect(&env, &edge, "alice").await;
+    // Unchecked frames: what is counted here is what arrives, whatever it is.
+    let mut alice = WsClient::connect(&env, &edge, "alice")
+        .await
+        .reading(ws::as_sent);
     let mut acks = Vec::new();
     // About 50 sends a second, each waiting for its acknowledgement.
-    let send = async |alice: &mut Ws, acks: &mut Vec<Ack>| {
+    let send = async |alice: &mut WsClient, acks: &mut Vec<Ack>| {
         let temp = format!("t{}", acks.len());
         acks.push(send_until_acknowledged(alice, conversation, &temp).await);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -257,8 +230,8 @@ async fn killing_a_partition_leader_under_load_loses_and_doubles_nothing() {
 
     // Every acknowledged message is in history exactly once, in sending order.
     let acknowledged: Vec<String> = acks.iter().map(|a| a.message_id.clone()).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = "every acknowledged message in history once, in sending order";
+    eventually(what, Duration::from_secs(60), || async {
         let stored: Vec<Uuid> = sqlx::query_scalar(
             "SELECT message_id FROM messages WHERE conversation_id = $1 ORDER BY seq",
         )
@@ -268,15 +241,14 @@ async fn killing_a_partition_leader_under_load_loses_and_doubles_nothing() {
         .unwrap();
         let stored: Vec<String> = stored.iter().map(Uuid::to_string).collect();
         if stored == acknowledged {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "{} acknowledged, {} stored; first difference at {:?}",
             acknowledged.len(),
             stored.len(),
             acknowledged.iter().zip(&stored).position(|(a, s)| a != s)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ))
+    })
+    .await;
 }

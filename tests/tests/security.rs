@@ -5,23 +5,20 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use chat_tests::{JWT_SECRET, RestClient, Service, TestEnv, binary_path, free_addr, now_secs};
+use chat_tests::tokens::mint;
+use chat_tests::{
+    JWT_SECRET, RestClient, Service, TestEnv, WsClient, binary_path, eventually, free_addr, ws,
+};
 use futures_util::future::join_all;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::json;
 use uuid::Uuid;
 
 /// The public development secret (auth::DEV_SECRET).
 const DEV_SECRET: &str = "pagenow-dev-secret";
 
+/// A valid token for `user`, signed with `secret` (HS256).
 fn hs256(secret: &str, user: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({ "sub": user, "exp": now_secs() + 3600 }),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("sign a token")
+    mint::hs256(secret, &mint::claims_for(user))
 }
 
 /// Runs `binary` with only `env` (and PATH) and waits for it to exit; returns its status and
@@ -106,16 +103,8 @@ async fn hs256_is_refused_with_a_key_set_and_no_secret() {
             .await;
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["error"], "unsupported_algorithm");
-        let refused =
-            tokio_tungstenite::connect_async(format!("ws://{}/?Authorization={token}", edge.addr))
-                .await
-                .expect_err("the upgrade is refused");
-        match refused {
-            tokio_tungstenite::tungstenite::Error::Http(response) => {
-                assert_eq!(response.status(), 401)
-            }
-            other => panic!("expected HTTP 401, got {other}"),
-        }
+        let url = ws::url(edge.addr, &ws::root_with_token(&token));
+        assert_eq!(ws::refusal(&url).await, 401);
     }
 }
 
@@ -195,45 +184,31 @@ async fn no_token_or_secret_in_any_log_at_debug() {
     );
 
     // WebSocket: a connect (token in the query string), a send and its delivery, a refusal.
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/?Authorization={alice}", edge.addr))
-            .await
-            .expect("connect");
-    let frame = json!({"action": "send-message", "conversationId": conversation,
-                       "content": "hello", "tempMessageId": "t1"});
-    ws.send(Message::text(frame.to_string())).await.unwrap();
-    let delivered = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) => break serde_json::from_str::<Value>(&text),
-                Some(Ok(_)) => continue,
-                other => panic!("connection ended: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the message comes back")
-    .unwrap();
+    let mut ws = WsClient::connect_at(&edge, &ws::root_with_token(&alice))
+        .await
+        .with_patience(Duration::from_secs(20));
+    ws.send_message(conversation, "hello", "t1").await;
+    let delivered = ws.next().await;
     assert_eq!(delivered["type"], "new-message", "{delivered}");
-    assert!(
-        tokio_tungstenite::connect_async(format!("ws://{}/?Authorization={forged}", edge.addr))
-            .await
-            .is_err()
-    );
+    let url = ws::url(edge.addr, &ws::root_with_token(&forged));
+    assert!(WsClient::connect_url(&url).await.is_err());
     // The history has it once the projector folded it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = rest
-            .get(&format!("/conversations/{conversation}/messages"))
-            .await;
-        assert_eq!(status, 200, "{body}");
-        if body[0]["content"] == "hello" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not projected: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    ws.close(None).await.unwrap();
+    let history = format!("/conversations/{conversation}/messages");
+    eventually(
+        "the message in history",
+        Duration::from_secs(20),
+        || async {
+            let (status, body) = rest.get(&history).await;
+            assert_eq!(status, 200, "{body}");
+            if body[0]["content"] == "hello" {
+                Ok(())
+            } else {
+                Err(format!("not projected: {body}"))
+            }
+        },
+    )
+    .await;
+    ws.close().await;
     // Let the services log what they do after the last request (disconnect, projection).
     tokio::time::sleep(Duration::from_millis(500)).await;
 

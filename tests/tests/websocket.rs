@@ -4,184 +4,41 @@
 use std::time::Duration;
 
 use chat_tests::fixtures::projected_conversation;
-use chat_tests::{RestClient, Service, TestEnv, asyncapi};
-use futures_util::{SinkExt, StreamExt};
+use chat_tests::registry::{redis, redis_keys, registrations};
+use chat_tests::ws::{self, Received};
+use chat_tests::{RestClient, Service, TestEnv, WsClient, asyncapi, eventually, eventually_every};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
-const PATIENCE: Duration = Duration::from_secs(10);
+const PATIENCE: Duration = ws::PATIENCE;
 
-/// A WebSocket client of one user. Every frame it sends with [`Client::send`] and every text
-/// frame it receives must be a message of the AsyncAPI document (`socket-edge/asyncapi.json`);
-/// [`Client::send_text`] sends anything, for the tests of refusals.
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A client of `user` whose frames read as the old clients read them.
+async fn client(env: &TestEnv, edge: &Service, user: &str) -> WsClient {
+    WsClient::connect(env, edge, user)
+        .await
+        .reading(as_old_clients_read)
 }
 
-fn ws_url(edge: &Service, path_and_query: &str) -> String {
-    format!("ws://{}{path_and_query}", edge.addr)
+/// A client on `path_and_query` whose frames read as the old clients read them.
+async fn client_at(edge: &Service, path_and_query: &str) -> WsClient {
+    WsClient::connect_at(edge, path_and_query)
+        .await
+        .reading(as_old_clients_read)
 }
 
-impl Client {
-    async fn connect(env: &TestEnv, edge: &Service, user: &str) -> Self {
-        Self::connect_at(edge, &format!("/?Authorization={}", env.token(user))).await
-    }
-
-    async fn connect_at(edge: &Service, path_and_query: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(ws_url(edge, path_and_query))
-            .await
-            .expect("WebSocket connect");
-        Self { ws }
-    }
-
-    async fn send(&mut self, frame: Value) {
-        if let Err(e) = asyncapi::check_client_frame(&frame) {
-            panic!("the AsyncAPI document does not describe the frame {frame}:\n{e}");
-        }
-        self.ws
-            .send(Message::text(frame.to_string()))
-            .await
-            .expect("send a frame");
-    }
-
-    async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::text(text))
-            .await
-            .expect("send a frame");
-    }
-
-    async fn send_message(&mut self, conversation: Uuid, content: &str, temp: &str) {
-        self.send(json!({
-            "action": "send-message", "conversationId": conversation,
-            "content": content, "tempMessageId": temp,
-        }))
-        .await;
-    }
-
-    /// The next text frame as JSON (control frames skipped); panics after `PATIENCE`.
-    async fn next(&mut self) -> Value {
-        self.next_within(PATIENCE)
-            .await
-            .expect("a frame within the patience")
-    }
-
-    async fn next_within(&mut self, patience: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?;
-            match frame {
-                Some(Ok(Message::Text(text))) => return Some(received(&text)),
-                Some(Ok(Message::Close(frame))) => panic!("closed by the server: {frame:?}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("connection failed: {e}"),
-                None => panic!("connection ended"),
-            }
-        }
-    }
-
-    /// Asserts that no text frame arrives for a while.
-    async fn expect_silence(&mut self, quiet: Duration) {
-        if let Some(frame) = self.next_within(quiet).await {
-            panic!("expected no frame, got {frame}");
-        }
-    }
-
-    /// Reads until the server's close frame; returns its code (None if the stream just ended).
-    async fn close_code(&mut self, patience: Duration) -> Option<u16> {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("no close within {patience:?}"),
-                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
-                Ok(Some(Ok(Message::Text(text)))) => drop(received(&text)),
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(_)) | None) => return None,
-            }
-        }
-    }
-}
-
-/// A text frame from the edge, as JSON; panics unless the AsyncAPI document describes it.
-fn received(text: &str) -> Value {
-    let mut frame: Value = serde_json::from_str(text).expect("frames are JSON");
-    if let Err(e) = asyncapi::check_server_frame(&frame) {
-        panic!("the AsyncAPI document does not describe the received frame {frame}:\n{e}");
-    }
-    // The catch-up cursor is checked in tests/catch_up.rs; the frames here are compared as the
-    // old clients read them.
+/// A frame from the edge, as JSON; panics unless the AsyncAPI document describes it. The
+/// catch-up cursor is checked in tests/catch_up.rs; the frames here are compared as the old
+/// clients read them.
+fn as_old_clients_read(frame: Value) -> Value {
+    let mut frame = ws::documented(frame);
     if let Some(fields) = frame.as_object_mut() {
         fields.remove("cursor");
     }
     frame
-}
-
-async fn redis(env: &TestEnv) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(env.redis_url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to Redis")
-}
-
-/// The live connections Redis records for `user`: (connection id, edge id).
-async fn registrations(env: &TestEnv, user: &str) -> Vec<(String, String)> {
-    let mut redis = redis(env).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(format!("{}user:{{{user}}}", env.redis_prefix))
-        .arg(now)
-        .arg("+inf")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    for id in ids {
-        let edge: Option<String> = redis::cmd("HGET")
-            .arg(format!("{}conn:{{{user}}}:{id}", env.redis_prefix))
-            .arg("edgeId")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        // A connection closing between the two reads is gone from both (one script removes
-        // them together): skip it rather than report a hash-less registration.
-        if let Some(edge) = edge {
-            out.push((id, edge));
-        }
-    }
-    out
-}
-
-/// Every Redis key of this test.
-async fn redis_keys(env: &TestEnv) -> Vec<String> {
-    let mut redis = redis(env).await;
-    redis::cmd("KEYS")
-        .arg(format!("{}*", env.redis_prefix))
-        .query_async(&mut redis)
-        .await
-        .unwrap()
-}
-
-/// Waits until `check` holds (Redis updates follow socket events asynchronously).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -199,12 +56,7 @@ async fn connect_needs_a_valid_token_before_the_upgrade_with_and_without_the_sla
             chat_tests::token_with(json!({"sub": "alice", "exp": 1}))
         ),
     ] {
-        match tokio_tungstenite::connect_async(ws_url(&edge, &path)).await {
-            Err(tungstenite::Error::Http(response)) => {
-                assert_eq!(response.status(), 401, "{path}")
-            }
-            other => panic!("{path}: expected a 401, got {:?}", other.map(|_| ())),
-        }
+        assert_eq!(ws::refusal(&ws::url(edge.addr, &path)).await, 401, "{path}");
     }
     assert!(
         redis_keys(&env).await.is_empty(),
@@ -212,9 +64,9 @@ async fn connect_needs_a_valid_token_before_the_upgrade_with_and_without_the_sla
     );
 
     let token = env.token("alice");
-    let mut slash = Client::connect_at(&edge, &format!("/prod/?Authorization={token}")).await;
-    let mut bare = Client::connect_at(&edge, &format!("/prod?Authorization={token}")).await;
-    eventually("both connections registered", || async {
+    let mut slash = client_at(&edge, &format!("/prod/?Authorization={token}")).await;
+    let mut bare = client_at(&edge, &format!("/prod?Authorization={token}")).await;
+    eventually("both connections registered", PATIENCE, || async {
         registrations(&env, "alice").await.len() == 2
     })
     .await;
@@ -247,10 +99,10 @@ async fn a_message_reaches_every_connection_of_every_participant_from_the_log() 
     let edge = env.spawn_edge().await;
     let id = projected_conversation(&env, &["alice", "bob"]).await;
 
-    let mut alice1 = Client::connect(&env, &edge, "alice").await;
-    let mut alice2 = Client::connect(&env, &edge, "alice").await;
-    let mut bob = Client::connect(&env, &edge, "bob").await;
-    let mut carol = Client::connect(&env, &edge, "carol").await;
+    let mut alice1 = client(&env, &edge, "alice").await;
+    let mut alice2 = client(&env, &edge, "alice").await;
+    let mut bob = client(&env, &edge, "bob").await;
+    let mut carol = client(&env, &edge, "carol").await;
 
     alice1.send_message(id, "héllo 👋", "t1").await;
     let first = alice1.next().await;
@@ -273,8 +125,8 @@ async fn a_message_reaches_every_connection_of_every_participant_from_the_log() 
     let alices = registrations(&env, "alice").await;
     assert_eq!(alices.len(), 2);
     assert_eq!(alices[0].1, alices[1].1, "both on the same edge");
-    alice1.ws.close(None).await.unwrap();
-    eventually("alice has one connection left", || async {
+    alice1.close().await;
+    eventually("alice has one connection left", PATIENCE, || async {
         registrations(&env, "alice").await.len() == 1
     })
     .await;
@@ -294,9 +146,9 @@ async fn two_edges_deliver_to_the_connections_each_holds() {
     let edge_b = env.spawn_edge().await;
     let id = projected_conversation(&env, &["alice", "bob"]).await;
 
-    let mut alice_a = Client::connect(&env, &edge_a, "alice").await;
-    let mut alice_b = Client::connect(&env, &edge_b, "alice").await;
-    let mut bob_b = Client::connect(&env, &edge_b, "bob").await;
+    let mut alice_a = client(&env, &edge_a, "alice").await;
+    let mut alice_b = client(&env, &edge_b, "alice").await;
+    let mut bob_b = client(&env, &edge_b, "bob").await;
 
     alice_a.send_message(id, "from edge A", "a1").await;
     for client in [&mut alice_a, &mut alice_b, &mut bob_b] {
@@ -322,9 +174,9 @@ async fn rejected_frames_get_an_error_on_that_connection_only_and_it_stays_usabl
     let theirs = projected_conversation(&env, &["bob", "carol"]).await;
     let unknown = Uuid::new_v4();
 
-    let mut alice = Client::connect(&env, &edge, "alice").await;
-    let mut alice_other = Client::connect(&env, &edge, "alice").await;
-    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let mut alice = client(&env, &edge, "alice").await;
+    let mut alice_other = client(&env, &edge, "alice").await;
+    let mut bob = client(&env, &edge, "bob").await;
 
     let send = |conversation: Value, content: Value, temp: Value| {
         let mut frame = json!({"action": "send-message"});
@@ -466,8 +318,8 @@ async fn frames_of_one_connection_are_appended_delivered_and_listed_in_order() {
     let edge = env.spawn_edge().await;
     let id = projected_conversation(&env, &["alice", "bob"]).await;
 
-    let mut alice = Client::connect(&env, &edge, "alice").await;
-    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let mut alice = client(&env, &edge, "alice").await;
+    let mut bob = client(&env, &edge, "bob").await;
     let count = 40;
     for i in 0..count {
         alice
@@ -485,16 +337,12 @@ async fn frames_of_one_connection_are_appended_delivered_and_listed_in_order() {
     // REST lists the same ids and timestamps, in the same order.
     let rest = RestClient::new(api.url(""), env.token("bob"));
     let path = format!("/conversations/{id}/messages?limit=100&order=asc");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let listed = loop {
+    let listed = eventually("the projection lists every message", PATIENCE, || async {
         let (status, body) = rest.get(&path).await;
         assert_eq!(status, 200, "{body}");
-        if body.as_array().unwrap().len() == count {
-            break body;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "projection lags");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (body.as_array().unwrap().len() == count).then_some(body)
+    })
+    .await;
     for (listed, frame) in listed.as_array().unwrap().iter().zip(&delivered) {
         assert_eq!(listed["messageId"], frame["messageId"]);
         assert_eq!(listed["sentAt"], frame["sentAt"]);
@@ -511,9 +359,9 @@ async fn read_messages_reaches_every_connection_of_the_reader_only_and_moves_the
     let edge = env.spawn_edge().await;
     let id = projected_conversation(&env, &["alice", "bob"]).await;
 
-    let mut alice1 = Client::connect(&env, &edge, "alice").await;
-    let mut alice2 = Client::connect(&env, &edge, "alice").await;
-    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let mut alice1 = client(&env, &edge, "alice").await;
+    let mut alice2 = client(&env, &edge, "alice").await;
+    let mut bob = client(&env, &edge, "bob").await;
 
     // Nothing unread yet: the frame comes all the same.
     alice1
@@ -536,8 +384,7 @@ async fn read_messages_reaches_every_connection_of_the_reader_only_and_moves_the
     bob.expect_silence(Duration::from_millis(300)).await;
 
     let pool = env.pool().await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually("the read marker moved", PATIENCE, || async {
         let read: Option<bool> = sqlx::query_scalar(
             "SELECT r.read_seq >= c.latest_seq FROM read_markers r
                JOIN conversations c USING (conversation_id)
@@ -548,15 +395,9 @@ async fn read_messages_reaches_every_connection_of_the_reader_only_and_moves_the
         .await
         .unwrap()
         .flatten();
-        if read == Some(true) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the read marker never moved"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        read == Some(true)
+    })
+    .await;
     // Every event the test appended, directly or through the edge, is in the document.
     asyncapi::assert_log_conforms(&env);
 }
@@ -568,15 +409,15 @@ async fn a_retried_send_with_the_same_temp_id_makes_one_message() {
     let edge = env.spawn_edge().await;
     let id = projected_conversation(&env, &["alice", "bob"]).await;
 
-    let mut alice = Client::connect(&env, &edge, "alice").await;
-    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let mut alice = client(&env, &edge, "alice").await;
+    let mut bob = client(&env, &edge, "bob").await;
     alice.send_message(id, "once", "retry-me").await;
     let original = alice.next().await;
     assert_eq!(bob.next().await, original);
 
     // The client reconnects and retries: it gets the original back, nobody gets a second one.
-    alice.ws.close(None).await.unwrap();
-    let mut again = Client::connect(&env, &edge, "alice").await;
+    alice.close().await;
+    let mut again = client(&env, &edge, "alice").await;
     again.send_message(id, "once", "retry-me").await;
     assert_eq!(again.next().await, original);
     again.send_message(id, "once", "retry-me").await;
@@ -612,18 +453,18 @@ async fn a_slow_client_is_closed_with_4008_and_others_keep_their_pace() {
         .await;
     let id = projected_conversation(&env, &["alice", "bob"]).await;
 
-    let mut alice = Client::connect(&env, &edge, "alice").await;
-    let mut fast_bob = Client::connect(&env, &edge, "bob").await;
+    let mut alice = client(&env, &edge, "alice").await;
+    let mut fast_bob = client(&env, &edge, "bob").await;
     // A client that stops reading, with a tiny receive window so the kernel buffers fill fast.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(edge.addr).await.unwrap();
-    let url = ws_url(&edge, &format!("/?Authorization={}", env.token("bob")));
+    let url = ws::url(edge.addr, &ws::root_with_token(&env.token("bob")));
     let (slow, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
         .await
         .unwrap();
-    let mut slow_bob = Client { ws: slow };
-    eventually("both of bob's connections registered", || async {
+    let mut slow_bob = WsClient::over(slow).reading(as_old_clients_read);
+    eventually("both of bob's connections registered", PATIENCE, || async {
         registrations(&env, "bob").await.len() == 2
     })
     .await;
@@ -662,12 +503,11 @@ async fn a_slow_client_is_closed_with_4008_and_others_keep_their_pace() {
     // Catching up now, the slow client finds the close frame after what was buffered.
     let mut received = 0;
     let code = loop {
-        match tokio::time::timeout(PATIENCE, slow_bob.ws.next()).await {
-            Err(_) => panic!("the slow client was never closed"),
-            Ok(Some(Ok(Message::Text(_)))) => received += 1,
-            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(_)) | None) => break None,
+        match slow_bob.receive(PATIENCE).await {
+            Received::Silence => panic!("the slow client was never closed"),
+            Received::Frame(_) => received += 1,
+            Received::Closed(frame) => break frame.map(|f| u16::from(f.code)),
+            Received::Lost(_) => break None,
         }
     };
     assert!(received < count, "the slow client got everything");
@@ -676,7 +516,7 @@ async fn a_slow_client_is_closed_with_4008_and_others_keep_their_pace() {
         Some(4008),
         "documented close code after {received} frames"
     );
-    eventually("the slow connection is unregistered", || async {
+    eventually("the slow connection is unregistered", PATIENCE, || async {
         registrations(&env, "bob").await.len() == 1
     })
     .await;
@@ -696,23 +536,20 @@ async fn limits_on_connections_per_user_and_frame_size() {
             ("CHAT_WS_MAX_FRAME_BYTES", "2048"),
         ])
         .await;
-    let _one = Client::connect(&env, &edge, "alice").await;
-    let mut two = Client::connect(&env, &edge, "alice").await;
-    let url = ws_url(&edge, &format!("/?Authorization={}", env.token("alice")));
-    match tokio_tungstenite::connect_async(&url).await {
-        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
-        other => panic!("expected 429, got {:?}", other.map(|_| ())),
-    }
-    let _bob = Client::connect(&env, &edge, "bob").await;
+    let _one = client(&env, &edge, "alice").await;
+    let mut two = client(&env, &edge, "alice").await;
+    let url = ws::url(edge.addr, &ws::root_with_token(&env.token("alice")));
+    assert_eq!(ws::refusal(&url).await, 429);
+    let _bob = client(&env, &edge, "bob").await;
 
     two.send_text(&format!(r#"{{"action":"{}"}}"#, "x".repeat(4000)))
         .await;
     assert_eq!(two.close_code(PATIENCE).await, Some(1009));
-    eventually("the closed connection frees its slot", || async {
+    eventually("the closed connection frees its slot", PATIENCE, || async {
         registrations(&env, "alice").await.len() == 1
     })
     .await;
-    let _three = Client::connect(&env, &edge, "alice").await;
+    let _three = client(&env, &edge, "alice").await;
     // Every event the test appended, directly or through the edge, is in the document.
     asyncapi::assert_log_conforms(&env);
 }
@@ -722,9 +559,9 @@ async fn sigterm_closes_with_1001_unregisters_and_exits() {
     let env = TestEnv::new().await;
     let _projector = env.spawn_projector().await;
     let mut edge = env.spawn_edge().await;
-    let mut alice = Client::connect(&env, &edge, "alice").await;
-    let mut bob = Client::connect(&env, &edge, "bob").await;
-    eventually("registered", || async {
+    let mut alice = client(&env, &edge, "alice").await;
+    let mut bob = client(&env, &edge, "bob").await;
+    eventually("registered", PATIENCE, || async {
         !registrations(&env, "bob").await.is_empty()
     })
     .await;
@@ -752,7 +589,7 @@ async fn registrations_are_refreshed_by_heartbeats_and_die_with_a_crashed_edge()
     let mut edge = env
         .spawn_edge_with(&[("CHAT_WS_PRESENCE_TTL_SECS", "3")])
         .await;
-    let mut alice = Client::connect(&env, &edge, "alice").await;
+    let mut alice = client(&env, &edge, "alice").await;
     let key = format!("{}user:{{alice}}", env.redis_prefix);
     let score = || async {
         let mut redis = redis(&env).await;
@@ -769,7 +606,7 @@ async fn registrations_are_refreshed_by_heartbeats_and_die_with_a_crashed_edge()
     let before = score().await.expect("registered");
     tokio::time::sleep(Duration::from_millis(50)).await;
     alice.send(json!({"action": "heartbeat"})).await;
-    eventually("the heartbeat pushed the expiry", || async {
+    eventually("the heartbeat pushed the expiry", PATIENCE, || async {
         score().await.is_some_and(|s| s > before)
     })
     .await;
@@ -786,7 +623,7 @@ async fn registrations_are_refreshed_by_heartbeats_and_die_with_a_crashed_edge()
         registrations(&env, "alice").await.is_empty(),
         "a crashed edge's entries expire"
     );
-    eventually("the keys themselves expire", || async {
+    eventually("the keys themselves expire", PATIENCE, || async {
         redis_keys(&env).await.is_empty()
     })
     .await;
@@ -806,8 +643,8 @@ async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_mes
     let mut edge = env.spawn_edge().await;
     let api = env.spawn_api().await;
     let id = projected_conversation(&env, &["alice", "bob"]).await;
-    let mut alice = Client::connect(&env, &edge, "alice").await;
-    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let mut alice = client(&env, &edge, "alice").await;
+    let mut bob = client(&env, &edge, "bob").await;
     let mut acknowledged = Vec::new();
 
     alice.send_message(id, "before", "k0").await;
@@ -823,9 +660,10 @@ async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_mes
         .unwrap();
     assert!(stopped.success());
     let pid_dir = format!("/proc/{}", pid.trim());
-    while std::path::Path::new(&pid_dir).exists() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the broker exited", Duration::from_secs(90), || async {
+        !std::path::Path::new(&pid_dir).exists()
+    })
+    .await;
 
     // During the outage a send fails with an error frame, not silence: the first one at worst
     // after the writer's 10 s delivery timeout; once the writer knows every broker is down,
@@ -855,6 +693,7 @@ async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_mes
 
     let restarted = tokio::process::Command::new(root.join("scripts/stack"))
         .arg("infra-up")
+        .env("CHATCTL", chat_tests::binary_path("chatctl"))
         .status()
         .await
         .unwrap();
@@ -875,8 +714,8 @@ async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_mes
 
     let pool = env.pool().await;
     // The projector rejoins its consumer group by itself and catches up within seconds.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = "every acknowledged message stored once, in order";
+    eventually(what, Duration::from_secs(30), || async {
         let stored: Vec<Uuid> = sqlx::query_scalar(
             "SELECT message_id FROM messages WHERE conversation_id = $1 ORDER BY seq",
         )
@@ -886,14 +725,12 @@ async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_mes
         .unwrap();
         let stored: Vec<Value> = stored.iter().map(|m| json!(m.to_string())).collect();
         if stored == acknowledged {
-            break;
+            Ok(())
+        } else {
+            Err(format!("acknowledged {acknowledged:?}, stored {stored:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "acknowledged {acknowledged:?}, stored {stored:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }
 
 /// The `messageId` of a send is named by (sender, conversation, tempMessageId): a retry after
@@ -909,8 +746,8 @@ async fn a_retry_after_an_unknown_outcome_is_still_one_message() {
     let mut redis = redis(&env).await;
     let record = |temp: &str| format!("{}sent:{{alice}}:{id}:{temp}", env.redis_prefix);
 
-    let mut alice = Client::connect(&env, &edge, "alice").await;
-    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let mut alice = client(&env, &edge, "alice").await;
+    let mut bob = client(&env, &edge, "bob").await;
     alice.send_message(id, "first", "u1").await;
     let original = alice.next().await;
     assert_eq!(bob.next().await, original);
@@ -923,26 +760,23 @@ async fn a_retry_after_an_unknown_outcome_is_still_one_message() {
     // still says "in flight" and no lease is held. The client reconnects and retries.
     let sent_at = original["sentAt"].as_str().unwrap().to_owned();
     // (The echo can precede the record's confirmation: wait for it, then undo it.)
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let poll = Duration::from_millis(10);
+    eventually_every(poll, "the record confirmed", PATIENCE, async || {
         let value: Option<String> = redis::cmd("GET")
             .arg(record("u1"))
             .query_async(&mut redis)
             .await
             .unwrap();
-        if value.is_some_and(|v| v.starts_with("d:")) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never confirmed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        value.is_some_and(|v| v.starts_with("d:"))
+    })
+    .await;
     let _: () = redis::cmd("SET")
         .arg(record("u1"))
         .arg(format!("p:{sent_at}"))
         .query_async(&mut redis)
         .await
         .unwrap();
-    let mut again = Client::connect(&env, &edge, "alice").await;
+    let mut again = client(&env, &edge, "alice").await;
     again.send_message(id, "first", "u1").await;
     assert_eq!(
         again.next().await,
@@ -960,7 +794,7 @@ async fn a_retry_after_an_unknown_outcome_is_still_one_message() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let mut third = Client::connect(&env, &edge, "alice").await;
+    let mut third = client(&env, &edge, "alice").await;
     third.send_message(id, "first", "u1").await;
     assert_eq!(third.next().await, original);
     bob.expect_silence(Duration::from_millis(700)).await;
@@ -970,21 +804,18 @@ async fn a_retry_after_an_unknown_outcome_is_still_one_message() {
     let pool = env.pool().await;
     let api = env.spawn_api().await;
     let rest = RestClient::new(api.url(""), env.token("bob"));
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let (status, history) = loop {
+    // The conversation, then three MessageSent.
+    eventually("the four events projected", PATIENCE, || async {
         let seen: i64 = sqlx::query_scalar(
             "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions",
         )
         .fetch_one(&pool)
         .await
         .unwrap();
-        // The conversation, then three MessageSent.
-        if seen >= 4 {
-            break rest.get(&format!("/conversations/{id}/messages")).await;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not projected");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        seen >= 4
+    })
+    .await;
+    let (status, history) = rest.get(&format!("/conversations/{id}/messages")).await;
     assert_eq!(status, 200);
     let history = history.as_array().unwrap().clone();
     assert_eq!(history.len(), 1, "{history:?}");
@@ -1003,7 +834,7 @@ async fn a_failed_participant_look_up_is_retried_then_the_connections_are_closed
     let _projector = env.spawn_projector().await;
     let edge = env.spawn_edge().await;
     let pool = env.pool().await;
-    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let mut bob = client(&env, &edge, "bob").await;
     let writer = env.writer();
 
     // A blip of two seconds: the participants table is away, then back.
@@ -1049,7 +880,7 @@ async fn a_failed_participant_look_up_is_retried_then_the_connections_are_closed
     assert_eq!(code, Some(1011));
 
     // The client reconnects and carries on.
-    let mut bob = Client::connect(&env, &edge, "bob").await;
+    let mut bob = client(&env, &edge, "bob").await;
     writer
         .append(&chat_tests::fixtures::message(other, "alice", "after"))
         .await

@@ -1,10 +1,12 @@
-//! Helpers shared by the integration tests: token minting and a real JWKS HTTP server.
-#![allow(dead_code)]
+//! What the integration tests share: the fixture keys, tokens (minted by `auth::mint`) and a
+//! real JWKS HTTP server.
+// Each test file uses a part of this module.
+#![allow(dead_code, unused_imports)]
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use auth::AuthArgs;
 use axum::Router;
@@ -12,7 +14,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -39,73 +40,11 @@ pub fn jwks(keys: &[char]) -> Value {
     json!({ "keys": keys.iter().map(|&k| jwk(k)).collect::<Vec<_>>() })
 }
 
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// Claims with `sub` and an `exp` one hour ahead.
-pub fn claims(sub: &str) -> Value {
-    json!({ "sub": sub, "exp": now() + 3600, "iat": now() })
-}
-
-pub fn hs256(secret: &str, claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
+pub use auth::mint::{base64url, claims_for, hs256, now, with_header};
 
 /// RS256 token signed with fixture key `which`, header `kid` = `kid`.
 pub fn rs256(which: char, kid: Option<&str>, claims: &Value) -> String {
-    let pem = fixture(&format!("test_only_rsa_{which}.pem"));
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = kid.map(str::to_owned);
-    jsonwebtoken::encode(
-        &header,
-        claims,
-        &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
-    )
-    .unwrap()
-}
-
-pub fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-/// A token with an arbitrary header, HMAC-SHA256-signed with `hmac_secret` (or with an empty
-/// signature when `None`), whatever the header claims.
-pub fn raw_token(header: &Value, claims: &Value, hmac_secret: Option<&[u8]>) -> String {
-    let signing_input = format!(
-        "{}.{}",
-        b64url(header.to_string().as_bytes()),
-        b64url(claims.to_string().as_bytes())
-    );
-    let signature = match hmac_secret {
-        Some(secret) => jsonwebtoken::crypto::sign(
-            signing_input.as_bytes(),
-            &EncodingKey::from_secret(secret),
-            Algorithm::HS256,
-        )
-        .unwrap(),
-        None => String::new(),
-    };
-    format!("{signing_input}.{signature}")
+    auth::mint::rs256(&fixture(&format!("test_only_rsa_{which}.pem")), kid, claims)
 }
 
 pub fn args() -> AuthArgs {
