@@ -90,10 +90,7 @@ fn wire(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<(Arc
         store: store::Store::new(config.database.pool()?),
         writer: writer::Writer::new(&config.kafka)?,
         presence: Presence::new(redis.clone(), edge_id, presence_ttl),
-        recent_sends: RecentSends::new(
-            redis.clone(),
-            Duration::from_secs(args.dedupe_window_secs),
-        ),
+        recent_sends: RecentSends::new(redis.clone(), Duration::from_secs(args.dedupe_window_secs)),
         limiter: rate_limit::Limiter::new(args.redis_url.expose_secret(), &args.redis_prefix)?,
         held: Arc::new(HeldConnections::default()),
         limits: limits(args),
@@ -159,11 +156,8 @@ impl Application {
 
         let log_tail = LogTail::new(&config.kafka, edge.presence.edge_id())?;
         let positioned = log_tail.positioned();
-        let consuming = tokio::spawn(log_tail.run(
-            edge.store.clone(),
-            edge.held.clone(),
-            shutdown.clone(),
-        ));
+        let consuming =
+            tokio::spawn(log_tail.run(edge.store.clone(), edge.held.clone(), shutdown.clone()));
         tokio::spawn(refresh_registrations(
             edge.presence.clone(),
             edge.held.clone(),

@@ -18,7 +18,10 @@ const MESSAGE: &str = "listening";
 /// address; an error names the setting.
 pub async fn bind(setting: &'static str, addr: SocketAddr) -> std::io::Result<TcpListener> {
     let listener = TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({setting}): {e}"))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} ({setting}): {e}"),
+        )
     })?;
     report(setting, listener.local_addr()?);
     Ok(listener)
