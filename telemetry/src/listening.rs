@@ -29,7 +29,8 @@ pub async fn bind(setting: &'static str, addr: SocketAddr) -> std::io::Result<Tc
 
 /// Logs `listening setting=<setting> addr=<bound address>`.
 pub fn report(setting: &'static str, addr: SocketAddr) {
-    tracing::info!(setting, %addr, "{MESSAGE}");
+    // Display, not Debug: the text format would quote a `&str` field.
+    tracing::info!(setting = %setting, %addr, "{MESSAGE}");
 }
 
 /// The setting and address of a `listening` line of a service's output, if `line` is one.
@@ -50,7 +51,7 @@ pub fn parse(line: &str) -> Option<(String, SocketAddr)> {
     let mut addr = None;
     for field in fields.split_whitespace() {
         match field.split_once('=') {
-            Some(("setting", value)) => setting = Some(value.to_owned()),
+            Some(("setting", value)) => setting = Some(value.trim_matches('"').to_owned()),
             Some(("addr", value)) => addr = value.parse().ok(),
             _ => {}
         }
@@ -92,6 +93,9 @@ mod tests {
         let plain = "2026-12-02T05:38:18.830535Z  INFO telemetry::listening: listening \
             setting=CHAT_WS_ADDR addr=127.0.0.1:43123";
         assert_eq!(parse(plain), want);
+        let quoted = "2026-12-02T05:38:18.830535Z  INFO telemetry::listening: listening \
+            setting=\"CHAT_WS_ADDR\" addr=127.0.0.1:43123";
+        assert_eq!(parse(quoted), want);
         let json = r#"{"timestamp":"2026-12-02T05:38:18.830535Z","level":"INFO","message":"listening","setting":"CHAT_WS_ADDR","addr":"127.0.0.1:43123","target":"telemetry::listening"}"#;
         assert_eq!(parse(json), want);
         for other in [
