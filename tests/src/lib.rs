@@ -4,6 +4,10 @@
 //!
 //! The stack's addresses come from the same environment variables the services read
 //! (`KAFKA_BROKERS`, `DATABASE_URL`, `REDIS_URL`), with the local stack's defaults.
+//!
+//! Invariants of [`TestEnv::spawn`]: a service binary is never older than the workspace sources
+//! it was built from ([`binary_path`] builds it first), and a service listens on port 0 and
+//! reports what it bound ([`telemetry::listening`]), so no two tests race for a port.
 
 pub mod asyncapi;
 pub mod chaos;
