@@ -13,7 +13,7 @@ pub mod asyncapi;
 pub mod chaos;
 pub mod fixtures;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -384,16 +384,6 @@ pub fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs()
-}
-
-/// A loopback address with a port free at the time of the call, and perhaps not a moment
-/// later: only for an address that must be known before a process starts and cannot be
-/// reported by it (e.g. one that stays the same across a restart). Services started by
-/// [`TestEnv::spawn`] bind port 0 and report what they got instead.
-pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("find a free port")
 }
 
 /// The target directory the tests run from (`target/debug`'s parent).
