@@ -7,17 +7,21 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::sync::Semaphore;
 
+/// The settings naming the listeners (also in their `listening` log lines).
+const HTTP_ADDR: &str = "CHAT_HTTP_ADDR";
+const OPS_ADDR: &str = "CHAT_HTTP_OPS_ADDR";
+
 #[derive(Parser, Debug)]
 #[command(
     version,
     about = "The chat's REST API (the web client's side of the contract)"
 )]
 struct Config {
-    /// Where the REST API listens.
-    #[arg(long, env = "CHAT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    /// Where the REST API listens (port 0: any free port, reported in the `listening` log line).
+    #[arg(long, env = HTTP_ADDR, default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
     /// Where /readyz and /metrics listen instead (unset: on CHAT_HTTP_ADDR).
-    #[arg(long, env = "CHAT_HTTP_OPS_ADDR")]
+    #[arg(long, env = OPS_ADDR)]
     ops_addr: Option<SocketAddr>,
     #[command(flatten)]
     http: api::HttpArgs,
@@ -45,21 +49,23 @@ async fn main() -> anyhow::Result<()> {
     let store = store::Store::new(config.database.pool()?);
     let writer = writer::Writer::new(&config.kafka)?;
     let readiness = api::readiness(store.clone(), writer.clone());
-    let health = telemetry::serve_health(config.ops_addr, metrics, readiness).await?;
+    let ops = match config.ops_addr {
+        Some(addr) => Some(telemetry::listening::bind(OPS_ADDR, addr).await?),
+        None => None,
+    };
+    let health = telemetry::serve_health(ops, metrics, readiness);
     let mut state = api::AppState::new(store, writer, verifier, &config.http);
     state.rate_limits = Some(config.rates.rate_limits()?);
     state.request_timeout = Duration::from_secs(config.listen.http_request_timeout_secs);
     let app = api::app(state, &config.http, health);
 
     let listener = api::server::Listener {
-        listener: tokio::net::TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_addr))?,
+        listener: telemetry::listening::bind(HTTP_ADDR, config.http_addr).await?,
         limit: Arc::new(Semaphore::new(config.listen.http_max_connections)),
         app,
         header_timeout: Duration::from_secs(config.listen.http_header_timeout_secs),
     };
-    tracing::info!(addr = %config.http_addr, base_path = %config.http.base_path, "REST API listening");
+    tracing::info!(base_path = %config.http.base_path, "REST API serving");
     // Open requests get as long as POST /conversation may wait for the projection, and a bit.
     let patience = Duration::from_millis(config.http.projection_wait_ms) + Duration::from_secs(1);
     listener.run(telemetry::shutdown_signal(), patience).await;

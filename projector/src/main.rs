@@ -7,14 +7,18 @@ use std::time::Duration;
 use clap::Parser;
 use projector::{Projector, ProjectorArgs};
 
+/// The setting naming the listener (also in its `listening` log line).
+const HTTP_ADDR: &str = "PROJECTOR_HTTP_ADDR";
+
 #[derive(Parser, Debug)]
 #[command(
     version,
     about = "Folds the chat event log into the Postgres projection"
 )]
 struct Config {
-    /// Where /healthz, /readyz and /metrics listen.
-    #[arg(long, env = "PROJECTOR_HTTP_ADDR", default_value = "127.0.0.1:8082")]
+    /// Where /healthz, /readyz and /metrics listen (port 0: any free port, reported in the
+    /// `listening` log line).
+    #[arg(long, env = HTTP_ADDR, default_value = "127.0.0.1:8082")]
     http_addr: SocketAddr,
     #[command(flatten)]
     projector: ProjectorArgs,
@@ -34,12 +38,10 @@ async fn main() -> anyhow::Result<()> {
     let pool = config.database.pool()?;
     let projector = Projector::new(&config.kafka, &config.projector, pool.clone())?;
 
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_addr))?;
+    let listener = telemetry::listening::bind(HTTP_ADDR, config.http_addr).await?;
     let routes = telemetry::health_routes(metrics, projector.readiness());
     tokio::spawn(async move { axum::serve(listener, routes).await });
-    tracing::info!(addr = %config.http_addr, topic = %config.kafka.topic, "projector started");
+    tracing::info!(topic = %config.kafka.topic, "projector started");
 
     // Dependencies that are down make us wait (and report not-ready), not crash-loop.
     while let Err(e) = store::migrate(&pool, Duration::from_secs(5)).await {

@@ -12,6 +12,8 @@
 //!   event; a reconnecting client's `catch-up` replays the log from them, and the connection's
 //!   [`delivery::Gate`] holds live frames back meanwhile (docs/websocket.md, "Catch-up").
 //! - [`presence`] and [`recent_sends`]: what Redis keeps (connections, idempotent sends).
+//! - [`startup`]: the wiring of one edge process ([`startup::Application`]), which `main` and
+//!   the tests that run an edge in-process share.
 //!
 //! Every limit is an environment variable of [`EdgeArgs`], documented in docs/websocket.md.
 
@@ -24,6 +26,7 @@ pub mod frames;
 pub mod presence;
 pub mod recent_sends;
 pub mod server;
+pub mod startup;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,8 @@
 //! `CHAT_LOG_FORMAT=json`), a Prometheus recorder, and the `/healthz`, `/readyz` and `/metrics`
 //! routes, on the service's own listener or on a separate one ([`serve_health`]); and the two
 //! HTTP conventions every service's clients see: the route prefix ([`BasePath`],
-//! `CHAT_BASE_PATH`) and the error body ([`error_response`]).
+//! `CHAT_BASE_PATH`) and the error body ([`error_response`]). Every listener is bound through
+//! [`listening::bind`], which logs the address it got.
 
 mod base_path;
 mod error_body;
@@ -11,7 +12,6 @@ pub use base_path::BasePath;
 pub use error_body::{ErrorBody, error_response};
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +24,8 @@ use axum::routing::get;
 pub use metrics_exporter_prometheus::PrometheusHandle;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing_subscriber::EnvFilter;
+
+pub mod listening;
 
 /// Log settings, flattened into every service's configuration.
 #[derive(clap::Args, Clone, Debug)]
@@ -174,31 +176,24 @@ pub fn health_routes<S>(metrics: PrometheusHandle, readiness: Readiness) -> Rout
 }
 
 /// Serves the operational endpoints, and returns the routes the service's main listener carries
-/// at its root. With no `ops_addr`, that is all three ([`health_routes`]); with one, `/readyz`
-/// and `/metrics` are served on a listener bound there (private to the deployment's network),
-/// and the main listener keeps only `/healthz`.
-pub async fn serve_health<S: Clone + Send + Sync + 'static>(
-    ops_addr: Option<SocketAddr>,
+/// at its root. With no `ops` listener, that is all three ([`health_routes`]); with one (bound
+/// with [`listening::bind`] to an address private to the deployment's network), `/readyz` and
+/// `/metrics` are served there, and the main listener keeps only `/healthz`.
+pub fn serve_health<S: Clone + Send + Sync + 'static>(
+    ops: Option<tokio::net::TcpListener>,
     metrics: PrometheusHandle,
     readiness: Readiness,
-) -> std::io::Result<Router<S>> {
-    let Some(addr) = ops_addr else {
-        return Ok(health_routes(metrics, readiness));
+) -> Router<S> {
+    let Some(listener) = ops else {
+        return health_routes(metrics, readiness);
     };
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {addr} (operational endpoints): {e}"),
-        )
-    })?;
-    tracing::info!(%addr, "/healthz, /readyz and /metrics listening");
     let routes: Router = health_routes(metrics, readiness);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, routes).await {
             tracing::error!(error = %e, "the operational endpoints' listener failed");
         }
     });
-    Ok(Router::new().route("/healthz", get(|| async { "ok" })))
+    Router::new().route("/healthz", get(|| async { "ok" }))
 }
 
 async fn ready(State(state): State<HealthState>) -> impl IntoResponse {

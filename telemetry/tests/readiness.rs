@@ -80,9 +80,7 @@ async fn operational_routes_move_to_their_own_listener() {
     let metrics = telemetry::init_metrics();
 
     // Unset: everything on the main listener.
-    let main: Router = telemetry::serve_health(None, metrics.clone(), readiness.clone())
-        .await
-        .unwrap();
+    let main: Router = telemetry::serve_health(None, metrics.clone(), readiness.clone());
     for path in ["/healthz", "/readyz", "/metrics"] {
         let status = main
             .clone()
@@ -94,12 +92,11 @@ async fn operational_routes_move_to_their_own_listener() {
     }
 
     // Set: the main listener keeps /healthz only; the others answer on the ops address.
-    let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let ops_addr = ops.local_addr().unwrap();
-    drop(ops);
-    let main: Router = telemetry::serve_health(Some(ops_addr), metrics, readiness)
+    let ops = telemetry::listening::bind("TEST_OPS_ADDR", "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
+    let ops_addr = ops.local_addr().unwrap();
+    let main: Router = telemetry::serve_health(Some(ops), metrics, readiness);
     for (path, expected) in [
         ("/healthz", StatusCode::OK),
         ("/readyz", StatusCode::NOT_FOUND),

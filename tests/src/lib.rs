@@ -4,6 +4,10 @@
 //!
 //! The stack's addresses come from the same environment variables the services read
 //! (`KAFKA_BROKERS`, `DATABASE_URL`, `REDIS_URL`), with the local stack's defaults.
+//!
+//! Invariants of [`TestEnv::spawn`]: a service binary is never older than the workspace sources
+//! it was built from ([`binary_path`] builds it first), and a service listens on port 0 and
+//! reports what it bound ([`telemetry::listening`]), so no two tests race for a port.
 
 pub mod asyncapi;
 pub mod chaos;
@@ -17,9 +21,10 @@ pub use eventually::{eventually, eventually_every};
 pub use tokens::{JWT_SECRET, now_secs, token_with};
 pub use ws::WsClient;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -188,24 +193,29 @@ impl TestEnv {
         self.spawn("socket-edge", "CHAT_WS_ADDR", extra).await
     }
 
-    /// Starts `binary` listening on a free port given in `addr_var`, and waits for `/readyz`.
+    /// Starts `binary` with `addr_var` (its listener's setting) at port 0, reads the address
+    /// it bound from its `listening` log line (and its operational listener's, when `extra`
+    /// sets a `*_OPS_ADDR`), and waits for `/readyz`. No port is chosen before the process
+    /// binds it, so none can be taken in between.
     pub async fn spawn(&self, binary: &str, addr_var: &str, extra: &[(&str, &str)]) -> Service {
-        let addr = free_addr();
         let path = binary_path(binary);
         let log_dir = target_dir().join("test-logs");
         std::fs::create_dir_all(&log_dir).expect("create target/test-logs");
-        let log_path = log_dir.join(format!("{}-{binary}-{}.log", self.name, addr.port()));
+        // Named after the port once it is known.
+        let starting = &Uuid::new_v4().simple().to_string()[..8];
+        let mut log_path = log_dir.join(format!("{}-{binary}-{starting}.log", self.name));
         let log = std::fs::File::create(&log_path).expect("create a service log");
+        let (output, output_writer) = std::io::pipe().expect("create a pipe for the output");
         let mut command = Command::new(&path);
         command
             .env_clear()
             .env("PATH", env_or("PATH", "/usr/bin:/bin"))
             .envs(self.service_env())
-            .env(addr_var, addr.to_string())
+            .env(addr_var, "127.0.0.1:0")
             .envs(extra.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
+            .stdout(output_writer.try_clone().expect("clone the pipe"))
+            .stderr(output_writer)
             .kill_on_drop(true);
         let child = command.spawn().unwrap_or_else(|e| {
             panic!(
@@ -213,22 +223,77 @@ impl TestEnv {
                 path.display()
             )
         });
-        // With an operational listener (`CHAT_HTTP_OPS_ADDR`, `CHAT_WS_OPS_ADDR`), readiness
-        // is asked there.
-        let ops_addr = extra
+        // The command holds the pipe's writing ends: without this the copy below never ends.
+        drop(command);
+        let mut listening = copy_output(output, log);
+        let ops_var = extra
             .iter()
-            .find(|(name, _)| name.ends_with("_OPS_ADDR"))
-            .and_then(|(_, value)| value.parse().ok());
+            .map(|(name, _)| *name)
+            .find(|name| name.ends_with("_OPS_ADDR"));
+        let mut addr = None;
+        let mut ops_addr = None;
+        let reported = tokio::time::timeout(Duration::from_secs(60), async {
+            while addr.is_none() || ops_var.is_some() && ops_addr.is_none() {
+                let Some((setting, bound)) = listening.recv().await else {
+                    return false;
+                };
+                if setting == addr_var {
+                    addr = Some(bound);
+                } else if Some(setting.as_str()) == ops_var {
+                    ops_addr = Some(bound);
+                }
+            }
+            true
+        })
+        .await;
+        if let Some(addr) = addr {
+            let named = log_dir.join(format!("{}-{binary}-{}.log", self.name, addr.port()));
+            if std::fs::rename(&log_path, &named).is_ok() {
+                log_path = named;
+            }
+        }
         let mut service = Service {
             name: binary.to_owned(),
-            addr,
+            addr: addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             ops_addr,
             child,
             log_path,
         };
+        if reported != Ok(true) {
+            let _ = service.child.start_kill();
+            let status = service.child.wait().await;
+            panic!(
+                "{binary} reported no bound address for {addr_var} within 60 s (exit: {status:?}):\n{}",
+                service.log_tail()
+            );
+        }
         service.wait_ready(Duration::from_secs(60)).await;
         service
     }
+}
+
+/// Copies a service's output (stdout and stderr, in order) to its log file on a thread of its
+/// own (the service must never block on a full pipe, whatever the test's runtime is doing), and
+/// passes on every address the service reports binding ([`telemetry::listening`]). The copy
+/// ends when the process and its pipe close.
+fn copy_output(
+    output: std::io::PipeReader,
+    mut log: std::fs::File,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, SocketAddr)> {
+    use std::io::{BufRead, Write};
+    let (report, listening) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let mut output = std::io::BufReader::new(output);
+        let mut line = Vec::new();
+        while output.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let _ = log.write_all(&line);
+            if let Some(bound) = telemetry::listening::parse(&String::from_utf8_lossy(&line)) {
+                let _ = report.send(bound);
+            }
+            line.clear();
+        }
+    });
+    listening
 }
 
 /// A running service process, killed when dropped.
@@ -311,13 +376,6 @@ impl Service {
     }
 }
 
-/// A loopback address with a port free at the time of the call.
-pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("find a free port")
-}
-
 /// The target directory the tests run from (`target/debug`'s parent).
 fn target_dir() -> PathBuf {
     profile_dir()
@@ -338,9 +396,91 @@ fn profile_dir() -> PathBuf {
     }
 }
 
-/// A workspace binary next to the tests (`target/debug/<name>`).
+/// A workspace binary next to the tests (`target/debug/<name>`), never older than its sources:
+/// when a workspace file it was built from (its dep-info, `<name>.d`, lists them) is newer, or
+/// it was never built, the workspace's binaries are built first (once per test process).
 pub fn binary_path(name: &str) -> PathBuf {
-    profile_dir().join(name)
+    let path = profile_dir().join(name);
+    if stale(&path).is_some() {
+        build_binaries();
+        if let Some(why) = stale(&path) {
+            panic!("{} is stale after building: {why}", path.display());
+        }
+    }
+    path
+}
+
+/// Why `binary` must be rebuilt, if it must: it is missing, or a workspace source listed in
+/// its dep-info is newer than it.
+fn stale(binary: &Path) -> Option<String> {
+    let built = match std::fs::metadata(binary).and_then(|m| m.modified()) {
+        Ok(built) => built,
+        Err(e) => return Some(format!("{}: {e}", binary.display())),
+    };
+    let mut dep_info = binary.as_os_str().to_owned();
+    dep_info.push(".d");
+    let Ok(dep_info) = std::fs::read_to_string(&dep_info) else {
+        return Some(format!("{} has no dep-info", binary.display()));
+    };
+    let root = workspace_root();
+    let target = target_dir();
+    // The same files cargo's own freshness check looks at (paths with spaces are not expected).
+    let mut sources = dep_info
+        .lines()
+        .filter_map(|line| line.split_once(": ").map(|(_, deps)| deps))
+        .flat_map(|deps| deps.split(' '))
+        .map(Path::new)
+        .filter(|p| p.starts_with(&root) && !p.starts_with(&target));
+    // A source that is gone (renamed, deleted) calls for a build too.
+    sources
+        .find(|source| {
+            !std::fs::metadata(source)
+                .and_then(|m| m.modified())
+                .is_ok_and(|changed| changed <= built)
+        })
+        .map(|source| format!("{} changed after it was built", source.display()))
+}
+
+/// `cargo build --workspace --bins`, once per test process, with the profile and target
+/// directory of this test. `--examples` (there are none) makes cargo unify features as `cargo
+/// test --workspace` and `cargo build --workspace --all-targets` do, so after those it finds
+/// nothing to do; `cargo test` does not hold the build directory's lock while tests run.
+fn build_binaries() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let profile = match profile_dir().file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_owned(),
+            Some(other) => other.to_owned(),
+            None => return Err("no profile directory".to_owned()),
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(&cargo)
+            .args(["build", "--quiet", "--workspace", "--bins", "--examples"])
+            .args(["--profile", &profile])
+            .arg("--target-dir")
+            .arg(target_dir())
+            .arg("--manifest-path")
+            .arg(workspace_root().join("Cargo.toml"))
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| format!("run {}: {e}", Path::new(&cargo).display()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("cargo build --workspace --bins failed: {status}"))
+        }
+    });
+    if let Err(e) = built {
+        panic!("the service binaries cannot be built: {e}");
+    }
+}
+
+/// The workspace this crate belongs to.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
 }
 
 /// The same URL with another database name.

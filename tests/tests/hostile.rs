@@ -528,8 +528,8 @@ async fn refuses_to_start(env: &TestEnv, binary: &str, variable: &str, value: &s
         .env_clear()
         .envs(env.service_env())
         .env(variable, value)
-        .env("CHAT_HTTP_ADDR", chat_tests::free_addr().to_string())
-        .env("CHAT_WS_ADDR", chat_tests::free_addr().to_string())
+        .env("CHAT_HTTP_ADDR", "127.0.0.1:0")
+        .env("CHAT_WS_ADDR", "127.0.0.1:0")
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(PATIENCE, output)

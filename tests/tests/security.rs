@@ -6,9 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chat_tests::tokens::mint;
-use chat_tests::{
-    JWT_SECRET, RestClient, Service, TestEnv, WsClient, binary_path, eventually, free_addr, ws,
-};
+use chat_tests::{JWT_SECRET, RestClient, Service, TestEnv, WsClient, binary_path, eventually, ws};
 use futures_util::future::join_all;
 use serde_json::json;
 use uuid::Uuid;
@@ -48,8 +46,9 @@ async fn run_to_exit(binary: &str, env: &[(&str, String)]) -> (std::process::Exi
 
 #[tokio::test]
 async fn services_refuse_to_start_where_a_token_could_be_forged() {
-    let public = || format!("0.0.0.0:{}", free_addr().port());
-    let loopback = || free_addr().to_string();
+    // Port 0: the process must stop before it binds anything.
+    let public = || "0.0.0.0:0".to_owned();
+    let loopback = || "127.0.0.1:0".to_owned();
     let jwks = "http://127.0.0.1:9/.well-known/jwks.json".to_owned();
     for (binary, addr_var) in [
         ("chat-api", "CHAT_HTTP_ADDR"),
@@ -111,14 +110,20 @@ async fn hs256_is_refused_with_a_key_set_and_no_secret() {
 #[tokio::test]
 async fn operational_endpoints_can_leave_the_public_listener() {
     let env = TestEnv::new().await;
-    let api_ops = free_addr().to_string();
-    let edge_ops = free_addr().to_string();
     let api = env
-        .spawn_api_with(&[("CHAT_HTTP_OPS_ADDR", api_ops.as_str())])
+        .spawn_api_with(&[("CHAT_HTTP_OPS_ADDR", "127.0.0.1:0")])
         .await;
     let edge = env
-        .spawn_edge_with(&[("CHAT_WS_OPS_ADDR", edge_ops.as_str())])
+        .spawn_edge_with(&[("CHAT_WS_OPS_ADDR", "127.0.0.1:0")])
         .await;
+    let api_ops = api
+        .ops_addr
+        .expect("the bound operational address")
+        .to_string();
+    let edge_ops = edge
+        .ops_addr
+        .expect("the bound operational address")
+        .to_string();
     let http = reqwest::Client::new();
     for (service, ops) in [(&api, &api_ops), (&edge, &edge_ops)] {
         let get = |url: String| {
