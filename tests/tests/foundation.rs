@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use chat_tests::TestEnv;
-use chat_tests::fixtures::{PROJECTION_TABLES, created, message, table_digest, wait_for_count};
+use chat_tests::fixtures::{
+    POSITIONS_TOTAL, PROJECTION_TABLES, created, message, table_digest, wait_for_count,
+};
 use events::{Envelope, Event, MessagesRead};
 use futures_util::future::join_all;
 use rdkafka::ClientConfig;
@@ -159,7 +161,7 @@ async fn projector_killed_mid_batch_resumes_exactly() {
 }
 
 async fn wait_positions_equal(a: &PgPool, b: &PgPool) {
-    let query = "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions";
+    let query = POSITIONS_TOTAL;
     for _ in 0..200 {
         let x: i64 = sqlx::query_scalar(query).fetch_one(a).await.unwrap();
         let y: i64 = sqlx::query_scalar(query).fetch_one(b).await.unwrap();
@@ -173,7 +175,7 @@ async fn wait_positions_equal(a: &PgPool, b: &PgPool) {
 
 #[tokio::test]
 async fn applying_a_batch_twice_changes_nothing() {
-    use projector::fold::{Batch, Positioned};
+    use projector::sql::{Batch, Positioned};
     let env = TestEnv::new().await;
     let pool = env.pool().await;
     let c = Uuid::new_v4();
