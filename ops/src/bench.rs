@@ -6,6 +6,7 @@
 //! pass the log's rule ([`events::Event::admit`]) before they are appended, so a benchmark's log
 //! is one the projector applies without setting anything aside.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -14,7 +15,7 @@ use futures_util::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, PgConnection, PgPool};
 
 /// The broker and the database server a benchmark runs against.
 #[derive(clap::Args, Debug, Clone)]
@@ -139,6 +140,9 @@ pub struct Copied {
     pub out: Duration,
     /// `COPY … FROM STDIN` into the empty tables: the floor of a load.
     pub into: Duration,
+    /// CPU time the server spent on the `COPY … FROM STDIN`s (zero when it is not on this
+    /// machine): unlike `into`, it barely moves with what else runs.
+    pub into_cpu: Duration,
 }
 
 /// Copies `tables` from schema `from` into the same, empty tables of schema `to`, one table
@@ -151,6 +155,9 @@ pub async fn copy_tables(
     to: &str,
 ) -> anyhow::Result<Copied> {
     let mut copied = Copied::default();
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await?;
     for table in tables {
         let started = Instant::now();
         let mut data = Vec::new();
@@ -163,6 +170,7 @@ pub async fn copy_tables(
         drop(out);
         copied.out += started.elapsed();
         let started = Instant::now();
+        let cpu_before = cpu_time(backend);
         let mut copy = conn
             .copy_in_raw(&format!("COPY {to}.{table} FROM STDIN"))
             .await?;
@@ -171,6 +179,50 @@ pub async fn copy_tables(
         }
         copied.rows += copy.finish().await?;
         copied.into += started.elapsed();
+        copied.into_cpu += cpu_time(backend).saturating_sub(cpu_before);
     }
     Ok(copied)
+}
+
+/// CPU time (user and system) used so far by the server's backends serving the database the
+/// `pool` connects to, by process id. Empty when the server is not on this machine.
+pub async fn backends_cpu(pool: &PgPool) -> anyhow::Result<HashMap<i32, Duration>> {
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            .fetch_all(pool)
+            .await?;
+    Ok(pids.into_iter().map(|pid| (pid, cpu_time(pid))).collect())
+}
+
+/// CPU time the backends used between two [`backends_cpu`] readings (a backend that started
+/// in between counts from zero).
+pub fn cpu_between(before: &HashMap<i32, Duration>, after: &HashMap<i32, Duration>) -> Duration {
+    after
+        .iter()
+        .map(|(pid, cpu)| cpu.saturating_sub(before.get(pid).copied().unwrap_or_default()))
+        .sum()
+}
+
+/// CPU time (user and system) process `pid` has used, from `/proc/<pid>/stat`; zero when it
+/// cannot be read (the process is on another machine).
+fn cpu_time(pid: i32) -> Duration {
+    // Linux reports it in clock ticks of USER_HZ, 100 a second on every architecture we run on.
+    const TICK: Duration = Duration::from_millis(10);
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // The fields after the command name (in parentheses, which may hold spaces): state is the
+    // first, utime the 12th and stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    TICK * (ticks(11) + ticks(12))
 }

@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let spans = spans(&kafka).await?;
     let bar = replay::progress(log::total(&spans), "replay");
     let folder = Folder::new(&kafka.topic, None);
+    let cpu_before = bench::backends_cpu(&pool).await?;
     let replayed = replay::replay_in_lanes(
         &pool,
         &folder,
@@ -81,19 +82,23 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     bar.finish_and_clear();
+    let fold_cpu = bench::cpu_between(&cpu_before, &bench::backends_cpu(&pool).await?);
     anyhow::ensure!(
         replayed.poison.is_empty(),
         "the benchmark log has poison: {:?}",
         &replayed.poison[..1]
     );
     let fold_rate = replayed.per_second();
+    let per_event = |cpu: Duration| cpu.as_secs_f64() * 1e6 / replayed.records.max(1) as f64;
     println!(
-        "fold:  {} events in {:.2} s = {:.0} events/s (batches of {}, {} lane(s))",
+        "fold:  {} events in {:.2} s = {:.0} events/s (batches of {}, {} lane(s)); Postgres CPU {:.2} s = {:.1} µs/event",
         replayed.records,
         replayed.elapsed.as_secs_f64(),
         fold_rate,
         args.batch_size,
-        args.lanes
+        args.lanes,
+        fold_cpu.as_secs_f64(),
+        per_event(fold_cpu)
     );
 
     // The floor: the rows the fold produced, COPYed into the same, empty tables.
@@ -102,12 +107,14 @@ async fn main() -> anyhow::Result<()> {
     let mut conn = PgConnection::connect(&url).await?;
     let tables = projection::TABLES.iter().map(|t| t.name);
     let copied = bench::copy_tables(&mut conn, tables, "public", "floor").await?;
-    let (rows, copied) = (copied.rows, copied.into);
+    let (rows, copied, floor_cpu) = (copied.rows, copied.into, copied.into_cpu);
     let floor_rate = replayed.records as f64 / copied.as_secs_f64();
     println!(
-        "floor: {rows} rows by COPY (one stream) in {:.2} s = {:.0} events/s",
+        "floor: {rows} rows by COPY (one stream) in {:.2} s = {:.0} events/s; Postgres CPU {:.2} s = {:.1} µs/event",
         copied.as_secs_f64(),
-        floor_rate
+        floor_rate,
+        floor_cpu.as_secs_f64(),
+        per_event(floor_cpu)
     );
     let share = fold_rate / floor_rate;
     println!(
@@ -120,6 +127,13 @@ async fn main() -> anyhow::Result<()> {
         },
         if share >= 0.9 { "met" } else { "MISSED" },
     );
+    if !floor_cpu.is_zero() {
+        // The server's work, which the machine's other load barely moves.
+        println!(
+            "Postgres CPU, fold / floor = {:.2}",
+            fold_cpu.as_secs_f64() / floor_cpu.as_secs_f64()
+        );
+    }
     Ok(())
 }
 
