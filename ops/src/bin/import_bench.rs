@@ -152,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
         rows: copied,
         out: out_time,
         into: in_time,
+        ..
     } = bench::copy_tables(&mut conn, TABLES, "public", "floor").await?;
     let both = out_time + in_time;
     println!(
