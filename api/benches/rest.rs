@@ -10,21 +10,27 @@
 //! Knobs (environment): BENCH_CONVERSATIONS (10000), BENCH_MESSAGES (1000000), BENCH_USERS
 //! (2000), BENCH_SECONDS per scenario (10), BENCH_CONCURRENCY (8), BENCH_INGEST_PER_SEC (200).
 //!
-//! The projection is seeded with SQL (a million messages through the log would take minutes and
-//! measure the projector, not the reads); live ingestion during the measurements goes through
-//! the real path: writer → Kafka → projector (in this process) → Postgres.
+//! The projection is seeded through the real fold: the seed's events are appended to the
+//! benchmark's topic and folded with the rebuild's engine (`ops::replay`, the live projector's
+//! own `Folder`), so the seeded rows are exactly what the projector makes of them. Live
+//! ingestion during the measurements then goes through the whole path: writer → Kafka →
+//! projector (in this process, continuing from the seed's positions) → Postgres.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use events::{Envelope, Event, MessageSent, Timestamp};
+use events::{ConversationCreated, Envelope, Event, MessageSent, MessagesRead, Timestamp};
 use hdrhistogram::Histogram;
+use ops::bench;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 const SECRET: &str = "bench-secret";
+/// The database the benchmark makes anew, and drops at the end.
+const DATABASE: &str = "bench_rest";
 
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -41,25 +47,11 @@ async fn main() -> anyhow::Result<()> {
     let seconds = knob("BENCH_SECONDS", 10);
     let concurrency = knob("BENCH_CONCURRENCY", 8) as usize;
     let ingest_per_sec = knob("BENCH_INGEST_PER_SEC", 200);
-    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let admin_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://chat:chat@127.0.0.1:5432/chat".into());
+    let target = bench::Target::from_env();
+    let brokers = target.brokers.clone();
 
     // A fresh database and topic of its own.
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url)
-        .await?;
-    sqlx::query("DROP DATABASE IF EXISTS bench_rest WITH (FORCE)")
-        .execute(&admin)
-        .await?;
-    sqlx::query("CREATE DATABASE bench_rest")
-        .execute(&admin)
-        .await?;
-    let url = format!(
-        "{}/bench_rest",
-        admin_url.rsplit_once('/').map(|(p, _)| p).unwrap()
-    );
+    let url = target.fresh_database(DATABASE).await?;
     let pool = PgPoolOptions::new()
         .max_connections(16)
         .connect(&url)
@@ -68,10 +60,17 @@ async fn main() -> anyhow::Result<()> {
     let topic = format!("bench.rest.{}", Uuid::new_v4().simple());
     writer::admin::ensure_topic(&brokers, &topic, 8).await?;
 
+    let kafka = writer::KafkaArgs {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+    };
     println!("seeding {conversations} conversations, {messages} messages, {users} users ...");
-    let started = Instant::now();
-    seed(&pool, conversations, messages, users).await?;
-    println!("seeded in {:.1} s", started.elapsed().as_secs_f64());
+    let seed = Seed {
+        conversations,
+        messages,
+        users,
+    };
+    seed.fold(&pool, &kafka).await?;
     let targets: Vec<(Uuid, String)> = sqlx::query_as(
         "SELECT conversation_id, created_by FROM conversations ORDER BY conversation_id",
     )
@@ -79,10 +78,6 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     // The projector and the REST API, in this process, on the seeded database.
-    let kafka = writer::KafkaArgs {
-        brokers: brokers.clone(),
-        topic: topic.clone(),
-    };
     let projector_args = projector::ProjectorArgs {
         group: format!("{topic}-projector"),
         max_batch: 2000,
@@ -288,87 +283,157 @@ async fn main() -> anyhow::Result<()> {
         plan.join("\n")
     );
     pool.close().await;
-    sqlx::query("DROP DATABASE IF EXISTS bench_rest WITH (FORCE)")
-        .execute(&admin)
-        .await?;
+    target.forget_database(DATABASE).await?;
     let _ = writer::admin::delete_topics(&brokers, &[&topic]).await;
     Ok(())
 }
 
-/// Seeds the projection: conversations between pseudo-random users (every fifth a group of
-/// three), messages spread evenly, and read markers for half the participants.
-async fn seed(pool: &PgPool, conversations: u64, messages: u64, users: u64) -> anyhow::Result<()> {
-    let c = conversations as i64;
-    let u = users as i64;
-    sqlx::query(
-        "INSERT INTO conversations (conversation_id, title, is_group, created_by, created_at)
-         SELECT md5('c' || i)::uuid, CASE WHEN i % 5 = 0 THEN 'group ' || i ELSE '' END,
-                i % 5 = 0, 'user' || (i % $2), now() - interval '30 days'
-           FROM generate_series(0, $1 - 1) i",
-    )
-    .bind(c)
-    .bind(u)
-    .execute(pool)
-    .await?;
-    sqlx::query(
-        "INSERT INTO participants (conversation_id, user_id)
-         SELECT md5('c' || i)::uuid, 'user' || p
-           FROM generate_series(0, $1 - 1) i,
-                LATERAL (VALUES (i % $2), ((i % $2 + 1 + (i / $2) * 13) % $2),
-                                (CASE WHEN i % 5 = 0 THEN (i % $2 + $2 / 2) % $2 END)) v(p)
-          WHERE p IS NOT NULL
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(c)
-    .bind(u)
-    .execute(pool)
-    .await?;
-    sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, message_id, sender_id, content, sent_at, temp_message_id)
-         SELECT md5('c' || (m % $1))::uuid, m, md5('m' || m)::uuid,
-                'user' || CASE WHEN (m / $1) % 2 = 0 THEN (m % $1) % $3
-                               ELSE ((m % $1) % $3 + 1 + ((m % $1) / $3) * 13) % $3 END,
-                'message number ' || m || ' of the benchmark seed',
-                now() - interval '1 day' + m * interval '1 ms', 'seed'
-           FROM generate_series(0, $2 - 1) m",
-    )
-    .bind(c)
-    .bind(messages as i64)
-    .bind(u)
-    .execute(pool)
-    .await?;
-    sqlx::query(
-        "UPDATE conversations c SET latest_seq = l.seq, latest_message_id = l.message_id,
-                latest_sender_id = l.sender_id, latest_content = l.content, latest_sent_at = l.sent_at
-           FROM (SELECT DISTINCT ON (conversation_id) * FROM messages ORDER BY conversation_id, seq DESC) l
-          WHERE c.conversation_id = l.conversation_id",
-    )
-    .execute(pool)
-    .await?;
-    sqlx::query(
-        "INSERT INTO read_markers (conversation_id, user_id, read_seq)
-         SELECT p.conversation_id, p.user_id, c.latest_seq
-           FROM participants p JOIN conversations c USING (conversation_id)
-          WHERE hashtext(p.user_id || p.conversation_id::text) % 2 = 0 AND c.latest_seq IS NOT NULL",
-    )
-    .execute(pool)
-    .await?;
-    sqlx::query("ANALYZE").execute(pool).await?;
-    Ok(())
+/// The seeded history: conversations between pseudo-random users (every fifth a group of
+/// three), messages spread evenly over them, then a read by half the participants of each
+/// conversation, after its last message.
+struct Seed {
+    conversations: u64,
+    messages: u64,
+    users: u64,
+}
+
+impl Seed {
+    /// Appends the history to the topic of `kafka` and folds it into the projection `pool`
+    /// points at, with the projector's own fold; the positions it stores are where the live
+    /// projector goes on.
+    async fn fold(&self, pool: &PgPool, kafka: &writer::KafkaArgs) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let events = self.events();
+        let count = events.len() as u64;
+        let (brokers, topic) = (kafka.brokers.clone(), kafka.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            bench::produce(&brokers, &topic, events.into_iter(), count)
+        })
+        .await??;
+        let produced = started.elapsed();
+        let spans = ops::log::spans_to_end(kafka, &HashMap::new()).await?;
+        let bar = ops::replay::progress(ops::log::total(&spans), "seed");
+        let folder = projector::Folder::new(&kafka.topic, None);
+        let replayed = ops::replay::replay(
+            pool,
+            &folder,
+            kafka,
+            spans,
+            ops::replay::DEFAULT_BATCH,
+            &bar,
+        )
+        .await?;
+        bar.finish_and_clear();
+        anyhow::ensure!(
+            replayed.poison.is_empty(),
+            "the seed has events the projector sets aside: {:?}",
+            &replayed.poison[..1]
+        );
+        // The fold leaves a dead version of a conversation row per batch that moved its latest
+        // message; a running projection has had autovacuum through them.
+        sqlx::query("VACUUM ANALYZE").execute(pool).await?;
+        println!(
+            "seeded {count} events in {:.1} s (appended in {:.1} s, folded at {:.0} events/s)",
+            started.elapsed().as_secs_f64(),
+            produced.as_secs_f64(),
+            replayed.per_second()
+        );
+        Ok(())
+    }
+
+    /// The users of conversation `i`, its creator first.
+    fn members(&self, i: u64) -> Vec<u64> {
+        let u = self.users;
+        let first = i % u;
+        let mut members = vec![first, (first + 1 + (i / u) * 13) % u];
+        if i.is_multiple_of(5) {
+            members.push((first + u / 2) % u);
+        }
+        members.dedup();
+        members
+    }
+
+    fn events(&self) -> Vec<Envelope> {
+        let user = |n: u64| format!("user{n}");
+        let base = Timestamp::now().as_datetime() - chrono::Duration::days(1);
+        let mut n = 0u128;
+        let mut envelope = |event: Event, at: chrono::DateTime<chrono::Utc>| {
+            n += 1;
+            Envelope {
+                event_id: Uuid::from_u128(0x5eed_0000_0000_0000_0000_0000_0000_0000 | n),
+                accepted_at: Timestamp::from(at),
+                event,
+            }
+        };
+        let mut out = Vec::with_capacity((self.conversations * 3 + self.messages) as usize);
+        let mut ids = Vec::with_capacity(self.conversations as usize);
+        for i in 0..self.conversations {
+            let members = self.members(i);
+            let is_group = members.len() > 2;
+            let id = if is_group {
+                Uuid::from_u128(0xc0c0_0000_0000_0000_0000_0000_0000_0000 | u128::from(i))
+            } else {
+                events::direct_conversation_id(&user(members[0]), &user(members[1]))
+            };
+            let mut participants: Vec<String> = members.iter().map(|m| user(*m)).collect();
+            participants.sort();
+            ids.push(id);
+            out.push(envelope(
+                Event::ConversationCreated(ConversationCreated {
+                    conversation_id: id,
+                    created_by: user(members[0]),
+                    participants,
+                    is_group,
+                    title: if is_group {
+                        format!("group {i}")
+                    } else {
+                        String::new()
+                    },
+                    idempotency_key: None,
+                }),
+                base,
+            ));
+        }
+        for m in 0..self.messages {
+            let i = m % self.conversations;
+            let members = self.members(i);
+            // The creator and the first other member take turns, a round of the conversations
+            // each.
+            let sender = user(members[((m / self.conversations) % 2) as usize]);
+            let temp_message_id = format!("seed-{m}");
+            let sent_at = base + chrono::Duration::milliseconds(m as i64);
+            out.push(envelope(
+                Event::MessageSent(MessageSent {
+                    conversation_id: ids[i as usize],
+                    message_id: events::message_id(&sender, ids[i as usize], &temp_message_id),
+                    sender_id: sender,
+                    content: format!("message number {m} of the benchmark seed"),
+                    temp_message_id,
+                    sent_at: Timestamp::from(sent_at),
+                }),
+                sent_at,
+            ));
+        }
+        let last = base + chrono::Duration::milliseconds(self.messages as i64);
+        for (i, id) in ids.iter().enumerate() {
+            for member in self.members(i as u64) {
+                if (member + i as u64).is_multiple_of(2) {
+                    out.push(envelope(
+                        Event::MessagesRead(MessagesRead {
+                            conversation_id: *id,
+                            user_id: user(member),
+                        }),
+                        last,
+                    ));
+                }
+            }
+        }
+        out
+    }
 }
 
 fn token(user: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({ "sub": user, "exp": exp }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign a token")
+    auth::mint::hs256(SECRET, &auth::mint::claims_for(user))
 }
 
 struct Outcome {

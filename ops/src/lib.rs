@@ -3,6 +3,7 @@
 //! these modules; tests call them in-process too.
 
 pub mod audit;
+pub mod bench;
 pub mod export;
 pub mod import;
 pub mod log;

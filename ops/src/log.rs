@@ -92,6 +92,31 @@ pub fn watermarks(
         .collect()
 }
 
+/// From `done` (the next offset to read of each partition; the log's beginning for one not in
+/// it) to the end of the log as it is now, partition by partition.
+pub async fn spans_to_end(
+    kafka: &KafkaArgs,
+    done: &HashMap<i32, i64>,
+) -> anyhow::Result<Vec<Span>> {
+    let brokers = kafka.brokers.clone();
+    let topic = kafka.topic.clone();
+    let marks = tokio::task::spawn_blocking(move || {
+        let consumer = reader(&brokers)?;
+        watermarks(&consumer, &topic)
+    })
+    .await??;
+    let mut spans: Vec<Span> = marks
+        .into_iter()
+        .map(|(partition, (low, high))| Span {
+            partition,
+            start: done.get(&partition).copied().unwrap_or(0).max(low),
+            end: high,
+        })
+        .collect();
+    spans.sort_by_key(|s| s.partition);
+    Ok(spans)
+}
+
 /// The first offset of each partition whose records were appended at or after `time_ms`
 /// (the high watermark where there is none).
 pub fn offsets_at(

@@ -11,30 +11,22 @@
 //! `public`. The projector then continues from the rebuilt positions, which are in the same
 //! tables; readers' prepared statements are re-planned against the new tables by Postgres.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use anyhow::Context as _;
 use projector::{DeadLetters, Folder};
 use sqlx::{Connection, PgPool};
 use store::DatabaseArgs;
+use store::projection::{self, TABLES};
 use writer::KafkaArgs;
 
-use crate::log::{self, Span};
+use crate::log;
 use crate::replay::{self, DEFAULT_BATCH};
 
 /// Where a rebuild folds to.
 pub const SCHEMA: &str = "rebuild";
 /// Where the replaced projection is kept after a switch, until the next one.
 pub const PREVIOUS: &str = "rebuild_previous";
-/// The projection's tables, in the order the switch locks them (the projector's order).
-pub const TABLES: [&str; 6] = [
-    "projector_positions",
-    "conversations",
-    "participants",
-    "messages",
-    "read_markers",
-    "idempotency_keys",
-];
 /// Advisory lock held by the one rebuild that may run at a time.
 const LOCK_KEY: i64 = 0x6368_6174_5245_4255;
 
@@ -102,8 +94,8 @@ pub async fn run(
 
     let mut events = 0;
     for round in 1..=20 {
-        let done = positions(&fresh, &kafka.topic).await?;
-        let spans = spans_to_end(kafka, &done).await?;
+        let done = projection::positions(&fresh, &kafka.topic).await?;
+        let spans = log::spans_to_end(kafka, &done).await?;
         let already: i64 = done.values().sum();
         if round == 1 && existed && already > 0 {
             eprintln!(
@@ -154,37 +146,6 @@ async fn known_dead_letters(kafka: &KafkaArgs) -> anyhow::Result<HashSet<(i32, i
     Ok(letters.iter().map(|l| (l.partition, l.offset)).collect())
 }
 
-/// The next offset to apply of each partition, as stored in the projection `pool` sees.
-pub async fn positions(pool: &PgPool, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
-    let rows: Vec<(i32, i64)> =
-        sqlx::query_as("SELECT partition, next_offset FROM projector_positions WHERE topic = $1")
-            .bind(topic)
-            .fetch_all(pool)
-            .await?;
-    Ok(rows.into_iter().collect())
-}
-
-/// From the stored positions to the end of the log as it is now.
-async fn spans_to_end(kafka: &KafkaArgs, done: &HashMap<i32, i64>) -> anyhow::Result<Vec<Span>> {
-    let brokers = kafka.brokers.clone();
-    let topic = kafka.topic.clone();
-    let marks = tokio::task::spawn_blocking(move || {
-        let consumer = log::reader(&brokers)?;
-        log::watermarks(&consumer, &topic)
-    })
-    .await??;
-    let mut spans: Vec<Span> = marks
-        .into_iter()
-        .map(|(partition, (low, high))| Span {
-            partition,
-            start: done.get(&partition).copied().unwrap_or(0).max(low),
-            end: high,
-        })
-        .collect();
-    spans.sort_by_key(|s| s.partition);
-    Ok(spans)
-}
-
 /// Switches the live names to the rebuilt tables, in one transaction, if the rebuild has
 /// reached the live positions; otherwise changes nothing and returns how many events the
 /// rebuild is behind.
@@ -197,7 +158,11 @@ async fn switch(live: &PgPool, topic: &str, lock_timeout: u64) -> anyhow::Result
     ))
     .execute(&mut *tx)
     .await?;
-    let list: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
+    // In the projector's order: it waits on the positions before it touches a row.
+    let list: Vec<String> = TABLES
+        .iter()
+        .map(|t| format!("public.{}", t.name))
+        .collect();
     sqlx::query(&format!(
         "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
         list.join(", ")
@@ -205,20 +170,8 @@ async fn switch(live: &PgPool, topic: &str, lock_timeout: u64) -> anyhow::Result
     .execute(&mut *tx)
     .await
     .context("lock the live tables for the switch")?;
-    let live_positions: Vec<(i32, i64)> = sqlx::query_as(
-        "SELECT partition, next_offset FROM public.projector_positions WHERE topic = $1",
-    )
-    .bind(topic)
-    .fetch_all(&mut *tx)
-    .await?;
-    let rebuilt: HashMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(&format!(
-        "SELECT partition, next_offset FROM {SCHEMA}.projector_positions WHERE topic = $1"
-    ))
-    .bind(topic)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
+    let live_positions = projection::positions_in(&mut *tx, Some("public"), topic).await?;
+    let rebuilt = projection::positions_in(&mut *tx, Some(SCHEMA), topic).await?;
     let behind: i64 = live_positions
         .iter()
         .map(|(p, live)| (live - rebuilt.get(p).copied().unwrap_or(0)).max(0))
@@ -234,12 +187,12 @@ async fn switch(live: &PgPool, topic: &str, lock_timeout: u64) -> anyhow::Result
     statements.extend(
         TABLES
             .iter()
-            .map(|t| format!("ALTER TABLE public.{t} SET SCHEMA {PREVIOUS}")),
+            .map(|t| format!("ALTER TABLE public.{} SET SCHEMA {PREVIOUS}", t.name)),
     );
     statements.extend(
         TABLES
             .iter()
-            .map(|t| format!("ALTER TABLE {SCHEMA}.{t} SET SCHEMA public")),
+            .map(|t| format!("ALTER TABLE {SCHEMA}.{} SET SCHEMA public", t.name)),
     );
     statements.push(format!("DROP SCHEMA {SCHEMA} CASCADE"));
     for statement in statements {

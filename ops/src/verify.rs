@@ -14,7 +14,7 @@
 //! with some accepts them by position (`--accept-dead-letter 0:42`).
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
@@ -24,6 +24,7 @@ use projector::dead_letter::DeadLetter;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use store::DatabaseArgs;
+use store::projection::{self, Table};
 use writer::KafkaArgs;
 
 use crate::log::{self, Span};
@@ -229,14 +230,7 @@ async fn verify_into(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *snapshot)
         .await?;
-    let positions: HashMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(
-        "SELECT partition, next_offset FROM projector_positions WHERE topic = $1",
-    )
-    .bind(&kafka.topic)
-    .fetch_all(&mut *snapshot)
-    .await?
-    .into_iter()
-    .collect();
+    let positions = projection::positions(&mut *snapshot, &kafka.topic).await?;
     let spans: Vec<Span> = positions
         .iter()
         .map(|(p, next)| Span {
@@ -259,7 +253,7 @@ async fn verify_into(
         ..Report::default()
     };
     let mut scratch_conn = scratch.acquire().await?;
-    for table in TABLES {
+    for table in projection::ROWS {
         let count = compare(
             table,
             &mut snapshot,
@@ -294,75 +288,43 @@ async fn verify_into(
     Ok(report)
 }
 
-/// A projection table and how to speak of its rows.
-#[derive(Clone, Copy)]
-struct Table {
-    name: &'static str,
-    /// SQL giving a key that sorts the same in Postgres (`COLLATE "C"`) and in Rust (bytes).
-    key: &'static str,
-    /// The row named for a person: "conversation X: message M".
-    subject: fn(&Value) -> String,
-    /// Columns that identify the row (not compared as values).
-    identity: &'static [&'static str],
+/// A row named for a person: "conversation X: message M".
+fn subject(table: &Table, row: &Value) -> String {
+    let conversation = || text(&row["conversation_id"]);
+    match table.name {
+        "conversations" => format!("conversation {}", conversation()),
+        "participants" => format!(
+            "conversation {}: participant {}",
+            conversation(),
+            text(&row["user_id"])
+        ),
+        "messages" => format!(
+            "conversation {}: message {} (log offset {})",
+            conversation(),
+            text(&row["message_id"]),
+            text(&row["seq"])
+        ),
+        "read_markers" => format!(
+            "conversation {}: read marker of {}",
+            conversation(),
+            text(&row["user_id"])
+        ),
+        "idempotency_keys" => format!(
+            "Idempotency-Key {} of {}",
+            shown(&row["idempotency_key"]),
+            text(&row["created_by"])
+        ),
+        // A table added to the catalog is named by its key until it gets words of its own.
+        other => {
+            let key: Vec<String> = table
+                .key
+                .iter()
+                .map(|column| format!("{column} {}", text(&row[*column])))
+                .collect();
+            format!("{other} row {}", key.join(", "))
+        }
+    }
 }
-
-const TABLES: [Table; 5] = [
-    Table {
-        name: "conversations",
-        key: "conversation_id::text",
-        subject: |row| format!("conversation {}", text(&row["conversation_id"])),
-        identity: &["conversation_id"],
-    },
-    Table {
-        name: "participants",
-        key: "conversation_id::text || ' ' || user_id",
-        subject: |row| {
-            format!(
-                "conversation {}: participant {}",
-                text(&row["conversation_id"]),
-                text(&row["user_id"])
-            )
-        },
-        identity: &["conversation_id", "user_id"],
-    },
-    Table {
-        name: "messages",
-        key: "conversation_id::text || ' ' || lpad(seq::text, 20, '0')",
-        subject: |row| {
-            format!(
-                "conversation {}: message {} (log offset {})",
-                text(&row["conversation_id"]),
-                text(&row["message_id"]),
-                text(&row["seq"])
-            )
-        },
-        identity: &["conversation_id", "seq"],
-    },
-    Table {
-        name: "read_markers",
-        key: "conversation_id::text || ' ' || user_id",
-        subject: |row| {
-            format!(
-                "conversation {}: read marker of {}",
-                text(&row["conversation_id"]),
-                text(&row["user_id"])
-            )
-        },
-        identity: &["conversation_id", "user_id"],
-    },
-    Table {
-        name: "idempotency_keys",
-        key: "created_by || ' ' || idempotency_key",
-        subject: |row| {
-            format!(
-                "Idempotency-Key {} of {}",
-                shown(&row["idempotency_key"]),
-                text(&row["created_by"])
-            )
-        },
-        identity: &["created_by", "idempotency_key"],
-    },
-];
 
 /// What a column means to a person.
 fn label(column: &str) -> &str {
@@ -413,7 +375,7 @@ async fn compare(
 ) -> anyhow::Result<u64> {
     let sql = format!(
         "SELECT ({key}) COLLATE \"C\" AS k, to_jsonb(t) AS r FROM {name} t ORDER BY 1",
-        key = table.key,
+        key = table.sort_key,
         name = table.name
     );
     let mut live_rows = sqlx::query(&sql).fetch(live);
@@ -434,7 +396,7 @@ async fn compare(
                 let empty = serde_json::Map::new();
                 let fields = frow.as_object().unwrap_or(&empty);
                 for (column, in_log) in fields {
-                    if table.identity.contains(&column.as_str()) {
+                    if table.key.contains(&column.as_str()) {
                         continue;
                     }
                     let in_projection = &lrow[column.as_str()];
@@ -449,7 +411,7 @@ async fn compare(
                     } else if in_projection != in_log {
                         say(format!(
                             "{}: {} is {} in the log but {} in the projection",
-                            (table.subject)(frow),
+                            subject(&table, frow),
                             label(column),
                             shown(in_log),
                             shown(in_projection)
@@ -466,14 +428,14 @@ async fn compare(
             {
                 say(format!(
                     "{} is in the projection but not in the log",
-                    (table.subject)(lrow)
+                    subject(&table, lrow)
                 ));
                 next_live = next(&mut live_rows).await?;
             }
             (_, Some((_, frow))) => {
                 say(format!(
                     "{} is in the log but missing from the projection",
-                    (table.subject)(frow)
+                    subject(&table, frow)
                 ));
                 next_fold = next(&mut fold_rows).await?;
             }

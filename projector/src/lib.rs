@@ -1,7 +1,7 @@
 //! The projector: folds `chat.events` into the Postgres projection, exactly once.
 //!
 //! It reads the log as a member of a consumer group. Each batch is applied in one Postgres
-//! transaction together with the positions it reaches ([`fold::store_positions`]), and records
+//! transaction together with the positions it reaches ([`store::projection::advance_positions`]), and records
 //! below the stored positions are skipped inside that same transaction: a crash anywhere, a
 //! rebalance or a replay leaves the tables as one uninterrupted run would. Kafka's own committed
 //! offsets are only a hint for where to resume reading (and for lag monitoring).
@@ -9,7 +9,7 @@
 //! Where reading starts is decided by Postgres, not by Kafka: on every partition assignment the
 //! consumer is positioned at the offsets stored with the rows, and a batch whose records start
 //! past a partition's stored position (the tables were restored from a backup, say, while
-//! running) is dropped and reading starts again there ([`folder::FoldError::Gap`]).
+//! running) is dropped and reading starts again there ([`transaction::FoldError::Gap`]).
 //!
 //! A record that cannot be decoded, or whose event the database refuses as data, goes to the
 //! dead-letter topic with the reason and its original position; the projector moves on. A
@@ -18,8 +18,8 @@
 //! names it, until a build that knows the version runs.
 
 pub mod dead_letter;
-pub mod fold;
-pub mod folder;
+pub mod sql;
+pub mod transaction;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 pub use dead_letter::{DeadLetters, dead_letter_topic};
 use events::Envelope;
-pub use folder::{Decoded, Folder, Outcome, Poison};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
@@ -38,6 +37,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgPool};
+pub use transaction::{Decoded, Folder, Outcome, Poison};
 use writer::KafkaArgs;
 
 /// The projector's own settings.
@@ -213,16 +213,10 @@ fn read_positions_blocking(
         runtime.block_on(async {
             let read = async {
                 let mut conn = sqlx::PgConnection::connect_with(&database).await?;
-                let rows: Vec<(i32, i64)> = sqlx::query_as(
-                    "SELECT partition, next_offset FROM projector_positions
-                      WHERE topic = $1 AND partition = ANY($2)",
-                )
-                .bind(&topic)
-                .bind(&partitions)
-                .fetch_all(&mut conn)
-                .await?;
+                let stored =
+                    store::projection::positions_of(&mut conn, &topic, &partitions).await?;
                 let _ = conn.close().await;
-                Ok::<_, sqlx::Error>(rows.into_iter().collect())
+                Ok::<_, sqlx::Error>(stored)
             };
             match tokio::time::timeout(Duration::from_secs(5), read).await {
                 Ok(result) => result.map_err(|e| e.to_string()),
@@ -412,7 +406,7 @@ impl Projector {
                         }
                         break true;
                     }
-                    Err(folder::FoldError::Gap {
+                    Err(transaction::FoldError::Gap {
                         partition,
                         stored,
                         found,
@@ -480,16 +474,8 @@ impl Projector {
             .into_iter()
             .collect();
         let stored: HashMap<i32, i64> = loop {
-            match sqlx::query_as::<_, (i32, i64)>(
-                "SELECT partition, next_offset FROM projector_positions
-                  WHERE topic = $1 AND partition = ANY($2)",
-            )
-            .bind(&self.topic)
-            .bind(&partitions)
-            .fetch_all(&self.pool)
-            .await
-            {
-                Ok(rows) => break rows.into_iter().collect(),
+            match store::projection::positions_of(&self.pool, &self.topic, &partitions).await {
+                Ok(stored) => break stored,
                 Err(e) => {
                     self.healthy.store(false, Ordering::Relaxed);
                     tracing::error!(error = %e, "cannot read the stored positions; retrying");

@@ -1,5 +1,8 @@
-//! The Postgres projection of the event log: its schema, embedded from `migrations/`, and the
-//! queries that read it. The projector is the only writer of these tables.
+//! The Postgres projection of the event log: its schema, embedded from `migrations/`, the
+//! catalog of its tables and positions ([`projection`]), and the queries that read it. The
+//! projector is the only writer of these tables.
+
+pub mod projection;
 
 use std::sync::Arc;
 use std::time::Duration;

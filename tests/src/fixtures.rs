@@ -5,6 +5,7 @@ use std::time::Duration;
 use events::{ConversationCreated, Envelope, Event, MessageSent, MessagesRead, Timestamp};
 use futures_util::future::join_all;
 use sqlx::PgPool;
+use store::projection::{self, Table};
 use uuid::Uuid;
 
 use crate::{TestEnv, eventually};
@@ -90,27 +91,28 @@ pub async fn wait_for_count(pool: &PgPool, query: &str, want: i64, patience: Dur
     .await;
 }
 
-/// The projection's tables with the order that makes their digest deterministic.
-pub const PROJECTION_TABLES: [(&str, &str); 5] = [
-    ("conversations", "conversation_id"),
-    ("participants", "conversation_id, user_id"),
-    ("messages", "conversation_id, seq"),
-    ("read_markers", "conversation_id, user_id"),
-    ("idempotency_keys", "created_by, idempotency_key"),
-];
+/// The tables folded from the log, as the projection's catalog names them.
+pub const PROJECTION_TABLES: [Table; 5] = projection::ROWS;
 
-/// A digest of each table (row count and md5 of its ordered rows), to compare two projections
-/// row for row.
-pub async fn table_digest(pool: &PgPool, tables: &[(&str, &str)]) -> Vec<(String, i64, String)> {
+/// The stored positions of every partition summed: how many records of the log the projection
+/// has applied (or set aside).
+pub const POSITIONS_TOTAL: &str =
+    "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions";
+
+/// A digest of each table (row count and md5 of its rows in key order), to compare two
+/// projections row for row.
+pub async fn table_digest(pool: &PgPool, tables: &[Table]) -> Vec<(String, i64, String)> {
     let mut out = Vec::new();
-    for (table, order) in tables {
+    for table in tables {
         let (count, digest): (i64, Option<String>) = sqlx::query_as(&format!(
-            "SELECT count(*), md5(string_agg(t::text, '|' ORDER BY {order})) FROM {table} t"
+            "SELECT count(*), md5(string_agg(t::text, '|' ORDER BY {order})) FROM {name} t",
+            order = table.key_list(),
+            name = table.name
         ))
         .fetch_one(pool)
         .await
         .unwrap();
-        out.push((table.to_string(), count, digest.unwrap_or_default()));
+        out.push((table.name.to_string(), count, digest.unwrap_or_default()));
     }
     out
 }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use chat_tests::fixtures::{PROJECTION_TABLES, created, message, table_digest, wait_for_count};
+use chat_tests::fixtures::{
+    POSITIONS_TOTAL, PROJECTION_TABLES, created, message, table_digest, wait_for_count,
+};
 use chat_tests::{TestEnv, eventually};
 use events::{Envelope, Event, MessagesRead};
 use futures_util::future::join_all;
@@ -46,14 +48,9 @@ async fn appended_event_is_projected_and_seen_by_consumers() {
     .await
     .unwrap();
     assert_eq!(participants, ["alice", "bob"]);
-    let stored: i64 = sqlx::query_scalar(
-        "SELECT next_offset FROM projector_positions WHERE topic = $1 AND partition = $2",
-    )
-    .bind(&env.topic)
-    .bind(position.partition)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let stored = store::projection::positions_of(&pool, &env.topic, &[position.partition])
+        .await
+        .unwrap()[&position.partition];
     assert_eq!(
         stored,
         position.offset + 1,
@@ -159,7 +156,7 @@ async fn projector_killed_mid_batch_resumes_exactly() {
 }
 
 async fn wait_positions_equal(a: &PgPool, b: &PgPool) {
-    let query = "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions";
+    let query = POSITIONS_TOTAL;
     let what = "the two projections at the same log positions";
     eventually(what, Duration::from_secs(10), || async {
         let x: i64 = sqlx::query_scalar(query).fetch_one(a).await.unwrap();
@@ -175,7 +172,7 @@ async fn wait_positions_equal(a: &PgPool, b: &PgPool) {
 
 #[tokio::test]
 async fn applying_a_batch_twice_changes_nothing() {
-    use projector::fold::{Batch, Positioned};
+    use projector::sql::{Batch, Positioned};
     let env = TestEnv::new().await;
     let pool = env.pool().await;
     let c = Uuid::new_v4();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chat_tests::fixtures::wait_for_count;
+use chat_tests::fixtures::{POSITIONS_TOTAL, wait_for_count};
 use chat_tests::{RestClient, TestEnv, binary_path, eventually_every};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -357,7 +357,7 @@ async fn the_old_database_is_imported_once_and_answers_through_the_contract() {
     let pool = env.pool().await;
     wait_for_count(
         &pool,
-        "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions",
+        POSITIONS_TOTAL,
         counts.events() as i64,
         Duration::from_secs(30),
     )

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chat_tests::fixtures::{
-    PROJECTION_TABLES, append_all, created, message, read, table_digest, wait_for_count as wait_for,
+    POSITIONS_TOTAL, append_all, created, message, read, table_digest, wait_for_count as wait_for,
 };
 use chat_tests::{RestClient, TestEnv, binary_path, eventually, eventually_every};
 use events::{Envelope, Timestamp};
@@ -51,13 +51,7 @@ async fn log_end(env: &TestEnv) -> i64 {
 
 async fn wait_caught_up(env: &TestEnv, pool: &PgPool) {
     let end = log_end(env).await;
-    wait_for(
-        pool,
-        "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions",
-        end,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_for(pool, POSITIONS_TOTAL, end, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
@@ -632,7 +626,7 @@ async fn a_database_fault_is_retried_never_skipped() {
         .execute(&pool)
         .await
         .unwrap();
-    let positions = "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions";
+    let positions = POSITIONS_TOTAL;
     let stuck: i64 = sqlx::query_scalar(positions)
         .fetch_one(&pool)
         .await
@@ -664,9 +658,7 @@ async fn a_database_fault_is_retried_never_skipped() {
 
 /// The projection's tables and its positions, compared row for row.
 async fn projection_digest(pool: &PgPool) -> Vec<(String, i64, String)> {
-    let mut tables = PROJECTION_TABLES.to_vec();
-    tables.push(("projector_positions", "topic, partition"));
-    table_digest(pool, &tables).await
+    table_digest(pool, &store::projection::TABLES).await
 }
 
 /// The tables as they are now, copied into `schema` (a backup).
@@ -675,10 +667,7 @@ async fn back_up(pool: &PgPool, schema: &str) {
         .execute(pool)
         .await
         .unwrap();
-    for (table, _) in PROJECTION_TABLES
-        .iter()
-        .chain([&("projector_positions", "")])
-    {
+    for table in store::projection::TABLES.map(|t| t.name) {
         sqlx::query(&format!(
             "CREATE TABLE {schema}.{table} AS SELECT * FROM public.{table}"
         ))
@@ -691,11 +680,7 @@ async fn back_up(pool: &PgPool, schema: &str) {
 /// Puts a backup taken with [`back_up`] back in place of the tables, in one transaction.
 async fn restore(pool: &PgPool, schema: &str) {
     let mut tx = pool.begin().await.unwrap();
-    let tables: Vec<&str> = PROJECTION_TABLES
-        .iter()
-        .map(|(t, _)| *t)
-        .chain(["projector_positions"])
-        .collect();
+    let tables = store::projection::TABLES.map(|t| t.name);
     sqlx::query(&format!("TRUNCATE {}", tables.join(", ")))
         .execute(&mut *tx)
         .await
@@ -713,7 +698,7 @@ async fn restore(pool: &PgPool, schema: &str) {
 
 /// The stored positions summed.
 async fn stored_total(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions")
+    sqlx::query_scalar(POSITIONS_TOTAL)
         .fetch_one(pool)
         .await
         .unwrap()
@@ -1005,14 +990,9 @@ async fn an_event_from_a_newer_build_stops_its_partition() {
             .await
             .unwrap();
     assert_eq!(contents, ["before"]);
-    let stored: i64 = sqlx::query_scalar(
-        "SELECT next_offset FROM projector_positions WHERE topic = $1 AND partition = $2",
-    )
-    .bind(&env.topic)
-    .bind(partition)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let stored = store::projection::positions_of(&pool, &env.topic, &[partition])
+        .await
+        .unwrap()[&partition];
     assert_eq!(stored, offset, "the partition waits on the newer event");
     let (code, out, err) = chatctl(&env, &["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chat_tests::fixtures::projected_conversation;
+use chat_tests::fixtures::{POSITIONS_TOTAL, projected_conversation};
 use chat_tests::registry::{redis, redis_keys, registrations};
 use chat_tests::ws::{self, Received};
 use chat_tests::{RestClient, Service, TestEnv, WsClient, asyncapi, eventually, eventually_every};
@@ -806,12 +806,10 @@ async fn a_retry_after_an_unknown_outcome_is_still_one_message() {
     let rest = RestClient::new(api.url(""), env.token("bob"));
     // The conversation, then three MessageSent.
     eventually("the four events projected", PATIENCE, || async {
-        let seen: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_positions",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let seen: i64 = sqlx::query_scalar(POSITIONS_TOTAL)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         seen >= 4
     })
     .await;

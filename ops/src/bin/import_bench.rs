@@ -6,12 +6,11 @@
 //! (`pagenow_bench`) is generated once and reused while it holds --messages messages; the topic
 //! is made anew each run and deleted at the end.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser;
-use futures_util::StreamExt;
-use ops::import;
+use ops::{bench, import};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
@@ -47,27 +46,13 @@ struct Args {
     /// Appends in flight.
     #[arg(long, default_value_t = 10_000)]
     in_flight: usize,
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    brokers: String,
-    /// A database the benchmark can create databases from.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://chat:chat@127.0.0.1:5432/chat"
-    )]
-    database_url: String,
-}
-
-fn with_database(url: &str, database: &str) -> String {
-    format!(
-        "{}/{database}",
-        url.rsplit_once('/').map_or(url, |(p, _)| p)
-    )
+    #[command(flatten)]
+    target: bench::Target,
 }
 
 /// The old database with `args.messages` messages, generated unless it is there already.
 async fn old_database(args: &Args) -> anyhow::Result<PgPool> {
-    let url = with_database(&args.database_url, &args.database);
+    let url = args.target.url_of(&args.database);
     if let Ok(pool) = PgPoolOptions::new().max_connections(2).connect(&url).await {
         let count: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM message_table")
             .fetch_one(&pool)
@@ -78,13 +63,7 @@ async fn old_database(args: &Args) -> anyhow::Result<PgPool> {
         }
         pool.close().await;
     }
-    let mut admin = PgConnection::connect(&args.database_url).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {}", args.database))
-        .execute(&mut admin)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {}", args.database))
-        .execute(&mut admin)
-        .await?;
+    let url = args.target.fresh_database(&args.database).await?;
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)
@@ -153,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let kafka = writer::KafkaArgs {
-        brokers: args.brokers.clone(),
+        brokers: args.target.brokers.clone(),
         topic: format!("bench.import.{}", &Uuid::new_v4().simple().to_string()[..8]),
     };
     writer::admin::ensure_topic(&kafka.brokers, &kafka.topic, args.partitions).await?;
@@ -162,36 +141,19 @@ async fn main() -> anyhow::Result<()> {
     outcome?;
 
     // The floor: the same old rows moved by COPY into empty tables of the same schema.
-    let url = with_database(&args.database_url, &args.database);
+    let url = args.target.url_of(&args.database);
     let mut conn = PgConnection::connect(&url).await?;
     sqlx::raw_sql(&format!(
         "DROP SCHEMA IF EXISTS floor CASCADE; CREATE SCHEMA floor; SET search_path = floor; {SCHEMA}"
     ))
     .execute(&mut conn)
     .await?;
-    let mut copied = 0u64;
-    let (mut out_time, mut in_time) = (Duration::ZERO, Duration::ZERO);
-    for table in TABLES {
-        let started = Instant::now();
-        let mut data = Vec::new();
-        let mut out = conn
-            .copy_out_raw(&format!("COPY public.{table} TO STDOUT"))
-            .await?;
-        while let Some(chunk) = out.next().await {
-            data.extend_from_slice(&chunk?);
-        }
-        drop(out);
-        out_time += started.elapsed();
-        let started = Instant::now();
-        let mut copy = conn
-            .copy_in_raw(&format!("COPY floor.{table} FROM STDIN"))
-            .await?;
-        for chunk in data.chunks(1 << 20) {
-            copy.send(chunk).await?;
-        }
-        copied += copy.finish().await?;
-        in_time += started.elapsed();
-    }
+    let bench::Copied {
+        rows: copied,
+        out: out_time,
+        into: in_time,
+        ..
+    } = bench::copy_tables(&mut conn, TABLES, "public", "floor").await?;
     let both = out_time + in_time;
     println!(
         "floor:  {copied} rows by COPY in {:.2} s (out {:.2} s, in {:.2} s) = {:.0} rows/s, {:.0} messages/s",

@@ -1,8 +1,10 @@
-//! Folding a batch of events into the projection with set-based SQL.
+//! The SQL of the fold: a batch of events pivoted into one column array per table field, and
+//! the set-based statements (`UNNEST`) that write it into the projection.
 //!
 //! Every statement is idempotent (inserts ignore rows that exist, the latest message only moves
-//! forward, read markers only grow), and the caller filters out records below the stored
-//! positions in the same transaction: applying a batch twice changes nothing.
+//! forward, read markers only grow), and the caller ([`crate::transaction`]) filters out
+//! records below the stored positions in the same transaction: applying a batch twice changes
+//! nothing.
 
 use std::collections::{HashMap, HashSet};
 
@@ -272,51 +274,4 @@ impl Batch {
         }
         Ok(())
     }
-}
-
-/// Locks the stored positions of `partitions` for the rest of the transaction and returns
-/// them (0 for a partition never seen): the next offset to apply of each.
-pub async fn lock_positions(
-    tx: &mut PgConnection,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<HashMap<i32, i64>, sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO projector_positions (topic, partition, next_offset)
-         SELECT $1, p, 0 FROM UNNEST($2::int[]) AS p
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(topic)
-    .bind(partitions)
-    .execute(&mut *tx)
-    .await?;
-    let rows: Vec<(i32, i64)> = sqlx::query_as(
-        "SELECT partition, next_offset FROM projector_positions
-          WHERE topic = $1 AND partition = ANY($2) FOR UPDATE",
-    )
-    .bind(topic)
-    .bind(partitions)
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows.into_iter().collect())
-}
-
-/// Stores the next offset to apply of each partition; positions only move forward.
-pub async fn store_positions(
-    tx: &mut PgConnection,
-    topic: &str,
-    next: &HashMap<i32, i64>,
-) -> Result<(), sqlx::Error> {
-    let (partitions, offsets): (Vec<i32>, Vec<i64>) = next.iter().map(|(p, o)| (*p, *o)).unzip();
-    sqlx::query(
-        "UPDATE projector_positions s SET next_offset = v.next_offset
-           FROM UNNEST($2::int[], $3::bigint[]) AS v(partition, next_offset)
-          WHERE s.topic = $1 AND s.partition = v.partition AND s.next_offset < v.next_offset",
-    )
-    .bind(topic)
-    .bind(&partitions)
-    .bind(&offsets)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }

@@ -1,4 +1,6 @@
-//! Applying records of the log to a projection exactly once, setting poison aside.
+//! The transaction of the fold: applying records of the log to a projection exactly once,
+//! together with the positions they reach, setting poison aside. The rows' SQL is in
+//! [`crate::sql`]; the positions' in [`store::projection`].
 //!
 //! The same [`Folder`] serves the live projector and the operator's rebuild and verify: the
 //! projection it writes is whatever the pool's `search_path` names (the live tables in
@@ -7,9 +9,10 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use sqlx::{PgConnection, PgPool};
+use store::projection;
 
 use crate::dead_letter::DeadLetters;
-use crate::fold::{self, Batch, Positioned};
+use crate::sql::{Batch, Positioned};
 use crate::{Record, decode};
 
 /// A record that could not be decoded or applied, and why.
@@ -172,7 +175,7 @@ impl Folder {
             .into_iter()
             .collect();
         let mut tx = pool.begin().await?;
-        let stored = fold::lock_positions(&mut tx, &self.topic, &partitions).await?;
+        let stored = projection::lock_positions(&mut tx, &self.topic, &partitions).await?;
         let mut outcome = Outcome::default();
         let mut events = Vec::new();
         let mut next: HashMap<i32, i64> = HashMap::new();
@@ -259,7 +262,7 @@ impl Folder {
             batch.apply(&mut tx).await?;
             outcome.counts = batch.counts;
         }
-        fold::store_positions(&mut tx, &self.topic, &next).await?;
+        projection::advance_positions(&mut tx, &self.topic, &next).await?;
         // Poison is in the dead-letter topic before the positions that pass it are committed.
         for (record, reason) in &poison {
             if let Some(dead_letters) = &self.dead_letters
