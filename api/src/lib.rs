@@ -61,18 +61,8 @@ pub struct ListenArgs {
 /// Per-user rate limit of `POST /conversation`, shared by every API process through Redis.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RateArgs {
-    /// Redis, where the rate limits are kept.
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_default_value = true,
-        hide_env_values = true
-    )]
-    pub redis_url: secrecy::SecretString,
-    /// Prefix of every Redis key this service writes.
-    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat:")]
-    pub redis_prefix: String,
+    #[command(flatten)]
+    pub redis: rate_limit::RedisArgs,
     /// `POST /conversation` requests per user per minute, across all API processes.
     #[arg(long, env = "CHAT_RATE_CREATE_CONVERSATION_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub create_conversation_per_minute: u32,
@@ -85,7 +75,7 @@ impl RateArgs {
     pub fn rate_limits(&self) -> Result<RateLimits, redis::RedisError> {
         use secrecy::ExposeSecret;
         Ok(RateLimits {
-            limiter: rate_limit::Limiter::new(self.redis_url.expose_secret(), &self.redis_prefix)?,
+            limiter: rate_limit::Limiter::new(self.redis.url.expose_secret(), &self.redis.prefix)?,
             create_conversation: rate_limit::Rate {
                 per_minute: self.create_conversation_per_minute,
                 burst: self.create_conversation_burst,

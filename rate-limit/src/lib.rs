@@ -14,6 +14,10 @@
 //! a worse outage. Each such pass is logged and counted in
 //! `chat_rate_limit_unavailable_total{action}`.
 
+mod redis_args;
+
+pub use redis_args::{DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_URL, RedisArgs};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,7 +131,7 @@ mod tests {
     use super::*;
 
     fn limiter() -> Limiter {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.into());
         let prefix = format!("test:rate:{}:", uuid::Uuid::new_v4().simple());
         Limiter::new(&url, &prefix).unwrap()
     }

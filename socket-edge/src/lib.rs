@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rate_limit::{Limiter, Rate};
-use secrecy::SecretString;
 use store::Store;
 use tokio::sync::watch;
 use writer::Writer;
@@ -62,18 +61,8 @@ pub struct EdgeArgs {
     /// Prefix of the WebSocket path (PageNow used `/prod`); `<base>` and `<base>/` both work.
     #[arg(long, env = "CHAT_BASE_PATH", default_value = "")]
     pub base_path: telemetry::BasePath,
-    /// Redis, where every connection is recorded.
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_default_value = true,
-        hide_env_values = true
-    )]
-    pub redis_url: SecretString,
-    /// Prefix of every Redis key this service writes.
-    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat:")]
-    pub redis_prefix: String,
+    #[command(flatten)]
+    pub redis: rate_limit::RedisArgs,
     /// This instance's id in Redis registrations (default: a fresh random id per process).
     #[arg(long, env = "CHAT_EDGE_ID")]
     pub edge_id: Option<String>,

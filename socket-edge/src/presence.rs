@@ -228,7 +228,8 @@ mod tests {
 
     /// Against the local Redis (`REDIS_URL`), under a prefix of its own.
     fn presence() -> Presence {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let url =
+            std::env::var("REDIS_URL").unwrap_or_else(|_| rate_limit::DEFAULT_REDIS_URL.into());
         let prefix = format!("test:presence:{}:", Uuid::new_v4().simple());
         Presence::new(
             Redis::new(&url, &prefix).unwrap(),

@@ -83,7 +83,7 @@ fn wire(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<(Arc
         .edge_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let redis = Redis::new(args.redis_url.expose_secret(), &args.redis_prefix)?;
+    let redis = Redis::new(args.redis.url.expose_secret(), &args.redis.prefix)?;
     let presence_ttl = Duration::from_secs(args.presence_ttl_secs);
     let edge = Edge {
         verifier,
@@ -91,7 +91,7 @@ fn wire(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<(Arc
         writer: writer::Writer::new(&config.kafka)?,
         presence: Presence::new(redis.clone(), edge_id, presence_ttl),
         recent_sends: RecentSends::new(redis.clone(), Duration::from_secs(args.dedupe_window_secs)),
-        limiter: rate_limit::Limiter::new(args.redis_url.expose_secret(), &args.redis_prefix)?,
+        limiter: rate_limit::Limiter::new(args.redis.url.expose_secret(), &args.redis.prefix)?,
         held: Arc::new(HeldConnections::default()),
         limits: limits(args),
         kafka: config.kafka.clone(),

@@ -61,7 +61,7 @@ impl TestEnv {
         let name = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
         let brokers = brokers.to_owned();
         let admin_url = env_or("DATABASE_URL", store::DEFAULT_DATABASE_URL);
-        let redis_url = env_or("REDIS_URL", "redis://127.0.0.1:6379");
+        let redis_url = env_or("REDIS_URL", rate_limit::DEFAULT_REDIS_URL);
         let topic = format!("test.{name}.events");
 
         ops::topics::create(&brokers, &topic, 4)
