@@ -8,6 +8,11 @@
 //!    receive time minus the send time written in the message's content;
 //! 3. floor: the same rate of events appended through the writer and read back by a plain
 //!    consumer of the same broker, with no service of ours in between.
+//!
+//! Each load step also reports the CPU of every process of the stack, in % of one core and in
+//! microseconds per delivery: CPU time varies far less than latency on a shared machine.
+//! `--sweep` repeats the load step over several rates and connection counts and writes the
+//! table and a chart of them (see [`sweep`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +31,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
+mod sweep;
+
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 
 #[derive(Parser, Debug)]
@@ -34,10 +41,16 @@ struct Args {
     /// The edge's WebSocket URL (base path included, no query).
     #[arg(long, default_value = "ws://127.0.0.1:8081/")]
     edge: String,
-    /// The edge's process id, to read its memory (VmRSS); skip the memory step without it.
+    /// The edge's process id, to read its memory (VmRSS) and CPU; skip the memory step without it.
     #[arg(long)]
     edge_pid: Option<u32>,
-    /// Idle connections opened for the memory measurement.
+    /// A process of the stack whose CPU is measured, as NAME=PID (repeatable; names: kafka,
+    /// projector, redis, chat-api, or any other). Without it a name is found by its process
+    /// name (`java` for Kafka), which counts every such process on the machine. Postgres is
+    /// always the backends serving the database of `DATABASE_URL`.
+    #[arg(long = "pid", value_name = "NAME=PID", value_parser = parse_pid)]
+    pids: Vec<(String, u32)>,
+    /// Idle connections opened for the memory measurement (0: no memory step).
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
     /// Connections of the load step (one user each).
@@ -57,6 +70,17 @@ struct Args {
     /// minute or so of load (measured: p99 40 ms after 30 s of warm-up, 14 ms after 70 s).
     #[arg(long, default_value_t = 60)]
     warmup: u64,
+    /// Instead of one load step: one per rate of `--sweep-rates` (at `--connections`), then one
+    /// per count of `--sweep-connections` (at `--rate`), each with its own floor; writes
+    /// `<--sweep-out>.md` (the table) and `<--sweep-out>.svg` (the chart).
+    #[arg(long)]
+    sweep: bool,
+    #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,4000")]
+    sweep_rates: Vec<u64>,
+    #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000,18000")]
+    sweep_connections: Vec<usize>,
+    #[arg(long, default_value = "docs/performance-sweep")]
+    sweep_out: String,
     #[arg(
         long,
         env = "CHAT_JWT_SECRET",
@@ -75,6 +99,24 @@ struct Args {
     kafka: writer::KafkaArgs,
 }
 
+fn parse_pid(text: &str) -> Result<(String, u32), String> {
+    let (name, pid) = text.split_once('=').ok_or("expected NAME=PID")?;
+    Ok((
+        name.to_owned(),
+        pid.parse().map_err(|e| format!("bad pid {pid}: {e}"))?,
+    ))
+}
+
+/// The shape of one load step.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub connections: usize,
+    pub conversations: usize,
+    pub rate: u64,
+    pub warmup: u64,
+    pub seconds: u64,
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -83,8 +125,19 @@ async fn main() -> anyhow::Result<()> {
     // The stack's topic normally exists already; a fresh bench topic gets the stack's 8 partitions.
     writer::admin::ensure_topic(&args.kafka.brokers, &args.kafka.topic, 8).await?;
     wait_ready(&args.edge).await?;
+    let watched = cpu::watched(&args);
+    let shape = Shape {
+        connections: args.connections,
+        conversations: args.conversations,
+        rate: args.rate,
+        warmup: args.warmup,
+        seconds: args.seconds,
+    };
+    if args.sweep {
+        return sweep::run(&args, &watched, shape, &run).await;
+    }
 
-    if let Some(pid) = args.edge_pid {
+    if let Some(pid) = args.edge_pid.filter(|_| args.idle > 0) {
         let before = rss_kib(pid)?;
         let idle = open_many(&args, &format!("idle-{run}"), args.idle).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -118,8 +171,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
-    let load = load(&args, &run).await?;
-    let floor = floor(&args, &run).await?;
+    let load = load(&args, shape, &watched, &run).await?;
+    let floor = floor(&args, shape, &run).await?;
     table.push((
         "connections / conversations".into(),
         format!("{} / {}", args.connections, args.conversations),
@@ -152,20 +205,37 @@ async fn main() -> anyhow::Result<()> {
         format!("{:.2} ms", load.latency.max() as f64 / 1000.0),
     ));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let busy: f64 = load.cpu.iter().map(|(_, pct)| pct).sum();
+    let all = load.cpu.iter().map(|p| p.share).sum::<f64>();
     table.push((
         "CPU while measuring (% of one core)".into(),
         format!(
-            "{} (sum {busy:.0}% of {cores} cores)",
+            "{} (stack {:.0}%, with ws-load {all:.0}% of {cores} cores)",
             load.cpu
                 .iter()
-                .map(|(name, pct)| format!("{name} {pct:.0}%"))
+                .map(|p| format!("{} {:.0}%", p.name, p.share))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            load.stack_share(),
+        ),
+    ));
+    table.push((
+        format!("CPU per delivery (µs, {} deliveries)", load.cpu_deliveries),
+        format!(
+            "{} (stack {:.1})",
+            load.cpu
+                .iter()
+                .map(|p| format!("{} {:.1}", p.name, p.micros_per_delivery))
+                .collect::<Vec<_>>()
+                .join(", "),
+            load.stack_micros_per_delivery(),
         ),
     ));
 
-    let width = table.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let width = table
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     println!(
         "\n| {:width$} | value |\n|{}|-------|",
         "measure",
@@ -251,27 +321,58 @@ struct Frame<'a> {
     content: Option<&'a str>,
 }
 
-struct LoadResult {
-    latency: Histogram<u64>,
-    sent_per_sec: f64,
-    deliveries_per_sec: f64,
-    expected: u64,
-    received: u64,
-    errors: u64,
-    /// CPU used by each process of the stack while measuring, in % of one core.
-    cpu: Vec<(String, f64)>,
+pub struct LoadResult {
+    pub latency: Histogram<u64>,
+    pub sent_per_sec: f64,
+    pub deliveries_per_sec: f64,
+    pub expected: u64,
+    pub received: u64,
+    pub errors: u64,
+    /// CPU used by each process of the stack while measuring, busiest first.
+    pub cpu: Vec<cpu::Use>,
+    /// Deliveries (warm-up ones included) received between the two CPU samples.
+    pub cpu_deliveries: u64,
 }
 
-async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
-    let per_conversation = (args.connections / args.conversations).max(2);
-    let users: Vec<String> = (0..args.conversations * per_conversation)
+impl LoadResult {
+    /// The stack's processes, the load tool left out.
+    fn stack(&self) -> impl Iterator<Item = &cpu::Use> {
+        self.cpu.iter().filter(|p| p.name != cpu::LOAD_TOOL)
+    }
+
+    /// Share of one core used by the stack, in %.
+    pub fn stack_share(&self) -> f64 {
+        self.stack().map(|p| p.share).sum()
+    }
+
+    pub fn stack_micros_per_delivery(&self) -> f64 {
+        self.stack().map(|p| p.micros_per_delivery).sum()
+    }
+
+    /// One process's CPU per delivery (0 if not measured).
+    pub fn micros_per_delivery(&self, name: &str) -> f64 {
+        self.cpu
+            .iter()
+            .find(|p| p.name == name)
+            .map_or(0.0, |p| p.micros_per_delivery)
+    }
+}
+
+async fn load(
+    args: &Args,
+    shape: Shape,
+    watched: &[cpu::Watched],
+    run: &str,
+) -> anyhow::Result<LoadResult> {
+    let per_conversation = (shape.connections / shape.conversations).max(2);
+    let users: Vec<String> = (0..shape.conversations * per_conversation)
         .map(|i| format!("load-{run}-{i}"))
         .collect();
 
     // Conversations through the writer; wait until the projection holds them all.
     let writer = writer::Writer::new(&args.kafka)?;
     let mut conversations = Vec::new();
-    for c in 0..args.conversations {
+    for c in 0..shape.conversations {
         let id = Uuid::new_v4();
         let mut members: Vec<String> =
             users[c * per_conversation..(c + 1) * per_conversation].to_vec();
@@ -312,6 +413,8 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
     let recording = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    // Every `new-message` received, warm-up or not: the deliveries the CPU was spent on.
+    let delivered = Arc::new(AtomicU64::new(0));
     let mut sinks: Vec<Arc<tokio::sync::Mutex<Sink>>> = Vec::new();
     // Each connection keeps its own samples (no lock shared by 2,000 readers); they are merged
     // into one histogram once the connections close.
@@ -320,7 +423,12 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
     for ws in sockets {
         let (sink, mut stream) = ws.split();
         sinks.push(Arc::new(tokio::sync::Mutex::new(sink)));
-        let (recording, received, errors) = (recording.clone(), received.clone(), errors.clone());
+        let (recording, received, errors, delivered) = (
+            recording.clone(),
+            received.clone(),
+            errors.clone(),
+            delivered.clone(),
+        );
         readers.push(tokio::spawn(async move {
             let mut latency: Vec<u64> = Vec::new();
             while let Some(Ok(frame)) = stream.next().await {
@@ -336,6 +444,7 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
                 let Some(sent) = frame.content.and_then(|c| c.parse::<u64>().ok()) else {
                     continue;
                 };
+                delivered.fetch_add(1, Ordering::Relaxed);
                 if recording.load(Ordering::Relaxed)
                     && frame.temp_message_id.is_some_and(|t| t.starts_with('m'))
                 {
@@ -352,7 +461,7 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
     let send = |seconds: u64, tag: char| {
         let sinks = sinks.clone();
         let conversations = conversations.clone();
-        let rate = args.rate;
+        let rate = shape.rate;
         async move {
             let mut ticks = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -376,13 +485,21 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
             (total, started.elapsed())
         }
     };
-    send(args.warmup, 'w').await;
+    send(shape.warmup, 'w').await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     recording.store(true, Ordering::Relaxed);
     let measured_from = Instant::now();
-    let cpu_before = cpu::sample();
-    let (sent, sending) = send(args.seconds, 'm').await;
-    let cpu = cpu::usage(&cpu_before, &cpu::sample(), measured_from.elapsed());
+    let cpu_before = cpu::sample(watched);
+    let delivered_before = delivered.load(Ordering::Relaxed);
+    let (sent, sending) = send(shape.seconds, 'm').await;
+    let cpu_deliveries = delivered.load(Ordering::Relaxed) - delivered_before;
+    let cpu = cpu::usage(
+        watched,
+        &cpu_before,
+        &cpu::sample(watched),
+        measured_from.elapsed(),
+        cpu_deliveries,
+    );
     // Let the last deliveries arrive.
     let expected = sent * per_conversation as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -415,12 +532,13 @@ async fn load(args: &Args, run: &str) -> anyhow::Result<LoadResult> {
         received,
         errors: errors.load(Ordering::Relaxed),
         cpu,
+        cpu_deliveries,
     })
 }
 
 /// Events appended through the writer to a topic of their own and read back by a plain
 /// consumer: the least any delivery through the log can take.
-async fn floor(args: &Args, run: &str) -> anyhow::Result<Histogram<u64>> {
+async fn floor(args: &Args, shape: Shape, run: &str) -> anyhow::Result<Histogram<u64>> {
     let topic = format!("{}.floor-{run}", args.kafka.topic);
     writer::admin::ensure_topic(&args.kafka.brokers, &topic, 1).await?;
     let kafka = writer::KafkaArgs {
@@ -439,9 +557,9 @@ async fn floor(args: &Args, run: &str) -> anyhow::Result<Histogram<u64>> {
     assignment.add_partition_offset(&topic, 0, Offset::Offset(high))?;
     consumer.assign(&assignment)?;
 
-    let total = args.rate * args.seconds;
+    let total = shape.rate * shape.seconds;
     let sender = tokio::spawn({
-        let rate = args.rate;
+        let rate = shape.rate;
         async move {
             let mut ticks = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -462,7 +580,7 @@ async fn floor(args: &Args, run: &str) -> anyhow::Result<Histogram<u64>> {
         }
     });
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let deadline = Instant::now() + Duration::from_secs(args.seconds + 15);
+    let deadline = Instant::now() + Duration::from_secs(shape.seconds + 15);
     while latency.len() < total && Instant::now() < deadline {
         let Ok(Ok(record)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
         else {
@@ -512,38 +630,87 @@ async fn wait_ready(edge: &str) -> anyhow::Result<()> {
     }
 }
 
-/// CPU time of the stack's processes, from `/proc` (Linux), grouped by process name.
-mod cpu {
-    use std::collections::BTreeMap;
+/// CPU time of the stack's processes, from `/proc` (Linux).
+pub mod cpu {
     use std::time::Duration;
 
-    /// The processes worth naming (their `comm`, at most 15 bytes); `java` is the Kafka broker.
-    const NAMES: [&str; 7] = [
-        "socket-edge",
-        "java",
-        "ws-load",
-        "projector",
-        "chat-api",
-        "redis-server",
-        "postgres",
-    ];
+    /// The name under which the load tool's own CPU is reported (not part of the stack).
+    pub const LOAD_TOOL: &str = "ws-load";
 
-    /// Clock ticks of user + system time per process name.
-    pub fn sample() -> BTreeMap<String, u64> {
-        let mut ticks = BTreeMap::new();
+    /// Which processes make up one name.
+    enum Who {
+        Pid(u32),
+        /// Every process of this `comm` (at most 15 bytes) on the machine.
+        Comm(&'static str),
+        /// Postgres backends serving one database (their title names it).
+        Backends(String),
+    }
+
+    /// A process (or group of processes) of the stack whose CPU is measured.
+    pub struct Watched {
+        pub name: String,
+        who: Who,
+    }
+
+    /// What to watch: the edge (`--edge-pid`), each `--pid NAME=PID`, the defaults by process
+    /// name for the rest, the Postgres backends of the bench's database, and ws-load itself.
+    pub(crate) fn watched(args: &super::Args) -> Vec<Watched> {
+        let mut watched: Vec<Watched> = args
+            .pids
+            .iter()
+            .map(|(name, pid)| Watched {
+                name: name.clone(),
+                who: Who::Pid(*pid),
+            })
+            .collect();
+        if let Some(pid) = args.edge_pid {
+            watched.push(Watched {
+                name: "socket-edge".into(),
+                who: Who::Pid(pid),
+            });
+        }
+        for (name, comm) in [
+            ("socket-edge", "socket-edge"),
+            ("kafka", "java"),
+            ("projector", "projector"),
+            ("redis", "redis-server"),
+        ] {
+            if !watched.iter().any(|w| w.name == name) {
+                watched.push(Watched {
+                    name: name.into(),
+                    who: Who::Comm(comm),
+                });
+            }
+        }
+        let database = args
+            .database_url
+            .rsplit('/')
+            .next()
+            .and_then(|tail| tail.split('?').next())
+            .unwrap_or("chat")
+            .to_owned();
+        watched.push(Watched {
+            name: "postgres".into(),
+            who: Who::Backends(database),
+        });
+        watched.push(Watched {
+            name: LOAD_TOOL.into(),
+            who: Who::Pid(std::process::id()),
+        });
+        watched
+    }
+
+    /// Clock ticks of user + system time of each watched name, in the order of `watched`.
+    pub fn sample(watched: &[Watched]) -> Vec<u64> {
+        let mut ticks = vec![0; watched.len()];
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return ticks;
         };
         for entry in entries.flatten() {
             // Processes only: not /proc/self, which would count this process twice.
-            if !entry
-                .file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-            {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
-            }
+            };
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
             };
@@ -552,38 +719,62 @@ mod cpu {
                 continue;
             };
             let comm = &stat[open + 1..close];
-            let Some(name) = NAMES.iter().find(|&&n| comm == n) else {
-                continue;
-            };
-            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-            // After comm: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
-            let used: u64 = [11, 12]
-                .iter()
-                .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-                .sum();
-            *ticks.entry(name.to_string()).or_default() += used;
+            for (i, w) in watched.iter().enumerate() {
+                let mine = match &w.who {
+                    Who::Pid(p) => *p == pid,
+                    Who::Comm(c) => comm == *c,
+                    Who::Backends(database) => {
+                        comm == "postgres"
+                            && std::fs::read_to_string(entry.path().join("cmdline"))
+                                .is_ok_and(|title| title.contains(&format!(" {database} ")))
+                    }
+                };
+                if mine {
+                    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+                    // After comm: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+                    ticks[i] += [11, 12]
+                        .iter()
+                        .filter_map(|&f| fields.get(f).and_then(|v| v.parse::<u64>().ok()))
+                        .sum::<u64>();
+                }
+            }
         }
         ticks
     }
 
-    /// Each name's share of one core between two samples, busiest first. Processes that
-    /// exited in between (postgres backends) are left out of the second sample, so this is
-    /// a lower bound for them.
+    /// One name's CPU over a measured window.
+    pub struct Use {
+        pub name: String,
+        /// Share of one core, in %.
+        pub share: f64,
+        /// CPU microseconds per delivery received in the window.
+        pub micros_per_delivery: f64,
+    }
+
+    /// Each name's CPU between two samples, busiest first. Processes that exited in between
+    /// (Postgres backends) are left out of the second sample, so this is a lower bound for them.
     pub fn usage(
-        before: &BTreeMap<String, u64>,
-        after: &BTreeMap<String, u64>,
+        watched: &[Watched],
+        before: &[u64],
+        after: &[u64],
         elapsed: Duration,
-    ) -> Vec<(String, f64)> {
+        deliveries: u64,
+    ) -> Vec<Use> {
         // Linux reports in USER_HZ, which is 100 on every platform Rust targets.
         let seconds = elapsed.as_secs_f64().max(0.001);
-        let mut usage: Vec<(String, f64)> = after
+        let mut usage: Vec<Use> = watched
             .iter()
-            .map(|(name, &t)| {
-                let used = t.saturating_sub(before.get(name).copied().unwrap_or(0));
-                (name.clone(), used as f64 / 100.0 / seconds * 100.0)
+            .zip(before.iter().zip(after))
+            .map(|(w, (b, a))| {
+                let used = a.saturating_sub(*b) as f64 / 100.0;
+                Use {
+                    name: w.name.clone(),
+                    share: used / seconds * 100.0,
+                    micros_per_delivery: used * 1e6 / deliveries.max(1) as f64,
+                }
             })
             .collect();
-        usage.sort_by(|a, b| b.1.total_cmp(&a.1));
+        usage.sort_by(|a, b| b.share.total_cmp(&a.share));
         usage
     }
 }

@@ -42,21 +42,42 @@ pub enum Verdict {
     },
 }
 
-/// GCRA. ARGV: the emission interval (ms per action) and the tolerance (interval × burst).
-/// Returns 0 when allowed (and spends), otherwise the milliseconds until the next action fits.
-const GCRA: &str = r"
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local next_tat = tat + interval
-local wait = next_tat - tolerance - now
-if wait > 0 then return math.ceil(wait) end
-redis.call('SET', KEYS[1], string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now))
-return 0
+/// GCRA as a Lua function, `gcra(key, interval, tolerance)` (milliseconds per action, and
+/// interval × burst; [`Rate::script_args`]): 0 when allowed (the action is spent), otherwise the
+/// milliseconds until the next action fits. The one text of the rule: [`Limiter`] runs it on
+/// its own, and scripts that spend a budget along with their own work (the edge's send claim,
+/// one round trip instead of two) include it.
+pub const GCRA_LUA: &str = r"
+local function gcra(key, interval, tolerance)
+  interval = tonumber(interval)
+  tolerance = tonumber(tolerance)
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local next_tat = tat + interval
+  local wait = next_tat - tolerance - now
+  if wait > 0 then return math.ceil(wait) end
+  redis.call('SET', key, string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now))
+  return 0
+end
 ";
+
+impl Rate {
+    /// The arguments of [`GCRA_LUA`]'s `gcra` for this rate: interval and tolerance, in ms.
+    pub fn script_args(&self) -> [String; 2] {
+        let interval = 60_000.0 / f64::from(self.per_minute.max(1));
+        let tolerance = interval * f64::from(self.burst.max(1));
+        [format!("{interval:.3}"), format!("{tolerance:.3}")]
+    }
+}
+
+/// A `gcra` refusal of `action` (`wait_ms` > 0): counted in `chat_rate_limited_total{action}`;
+/// returns how long to wait.
+pub fn refused(action: &'static str, wait_ms: u64) -> Duration {
+    metrics::counter!("chat_rate_limited_total", "action" => action).increment(1);
+    Duration::from_millis(wait_ms)
+}
 
 /// Checks and spends per-user budgets in Redis.
 #[derive(Clone)]
@@ -76,7 +97,9 @@ impl Limiter {
             client: redis::Client::open(redis_url)?,
             connection: Default::default(),
             prefix: prefix.to_owned(),
-            script: Arc::new(Script::new(GCRA)),
+            script: Arc::new(Script::new(&format!(
+                "{GCRA_LUA}return gcra(KEYS[1], ARGV[1], ARGV[2])"
+            ))),
         })
     }
 
@@ -90,12 +113,9 @@ impl Limiter {
     pub async fn check(&self, action: &'static str, user: &str, rate: Rate) -> Verdict {
         match self.try_check(action, user, rate).await {
             Ok(0) => Verdict::Allowed,
-            Ok(wait_ms) => {
-                metrics::counter!("chat_rate_limited_total", "action" => action).increment(1);
-                Verdict::Limited {
-                    retry_after: Duration::from_millis(wait_ms),
-                }
-            }
+            Ok(wait_ms) => Verdict::Limited {
+                retry_after: refused(action, wait_ms),
+            },
             Err(e) => {
                 metrics::counter!("chat_rate_limit_unavailable_total", "action" => action)
                     .increment(1);
@@ -115,12 +135,11 @@ impl Limiter {
             .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
             .await?
             .clone();
-        let interval = 60_000.0 / f64::from(rate.per_minute.max(1));
-        let tolerance = interval * f64::from(rate.burst.max(1));
+        let [interval, tolerance] = rate.script_args();
         self.script
             .key(self.key(action, user))
-            .arg(format!("{interval:.3}"))
-            .arg(format!("{tolerance:.3}"))
+            .arg(interval)
+            .arg(tolerance)
             .invoke_async(&mut redis)
             .await
     }

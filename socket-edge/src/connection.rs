@@ -21,7 +21,7 @@ use crate::catch_up::{self, Replay};
 use crate::cursor::{self, Cursor};
 use crate::delivery::{Gate, Outbox};
 use crate::frames::{self, Code, Command, Rejection, SendMessage, ServerFrame};
-use crate::recent_sends::Claim;
+use crate::recent_sends::{Budget, Claim};
 use crate::{
     CLOSE_DELIVERY_LOST, CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, Edge,
 };
@@ -120,8 +120,9 @@ pub async fn upgrade(
     upgrade
         .max_message_size(edge.limits.max_frame_bytes)
         .max_frame_size(edge.limits.max_frame_bytes)
-        // Small buffers keep an idle connection cheap; frames are small.
-        .read_buffer_size(4 * 1024)
+        // Small buffers keep an idle connection cheap (tungstenite fills its read buffer on
+        // the first poll); frames are small, and a larger one is read in several calls.
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .on_failed_upgrade(move |e| {
             tracing::debug!(error = %e, "upgrade failed");
@@ -135,6 +136,10 @@ pub async fn upgrade(
             handler.run(socket, queue)
         })
 }
+
+/// Bytes tungstenite reads at once into each connection's buffer, which every connection keeps
+/// (a `send-message` frame is a few hundred bytes).
+const READ_BUFFER_BYTES: usize = 512;
 
 /// The raw token of `?Authorization=<jwt>`: the client does not URL-encode it (a JWT needs no
 /// encoding), but a percent-encoded one is decoded too.
@@ -261,7 +266,9 @@ impl Handler {
                         unanswered = 0;
                     }
                     match frame {
-                    Some(Ok(Message::Text(text))) => self.handle(&text).await,
+                    // Boxed: the handling of a frame (an append, a catch-up) is a large future,
+                    // and an idle connection should not carry its room.
+                    Some(Ok(Message::Text(text))) => Box::pin(self.handle(&text)).await,
                     Some(Ok(Message::Binary(_))) => self.reject(Rejection::new(
                         Code::InvalidFrame,
                         "binary frames are not supported; send JSON text",
@@ -374,19 +381,23 @@ impl Handler {
     }
 
     async fn send_message(&self, send: &SendMessage) -> Result<(), Rejection> {
-        self.limit("send-message", self.edge.limits.rates.send_message)
-            .await?;
-        self.check_participant(send.conversation_id).await?;
         let sent = &self.edge.recent_sends;
         let (user, conversation, temp) = (&self.user, send.conversation_id, &send.temp_message_id);
         // Named by what names it: every attempt of this message has this id.
         let message_id = events::message_id(user, conversation, temp);
         let lease = Uuid::new_v4();
+        // One round trip spends the send budget and claims the tempMessageId.
+        let budget = Budget {
+            action: "send-message",
+            key: self.edge.limiter.key("send-message", user),
+            rate: self.edge.limits.rates.send_message,
+        };
         let sent_at = match sent
-            .claim(user, conversation, temp, Timestamp::now(), lease)
+            .claim(user, conversation, temp, Timestamp::now(), lease, &budget)
             .await
         {
             Ok(Claim::Append(sent_at)) => sent_at,
+            Ok(Claim::Limited(retry_after)) => return Err(Rejection::rate_limited(retry_after)),
             Ok(Claim::Sent(frame)) => {
                 // A retry: answer with the original, append nothing.
                 self.outbox.push(frame.into());
@@ -403,6 +414,12 @@ impl Handler {
                 return Err(unavailable("the message cannot be sent now; retry"));
             }
         };
+        if let Err(rejection) = self.check_participant(conversation).await {
+            if let Err(e) = sent.abandon(user, conversation, temp, lease).await {
+                tracing::warn!(error = %e, "cannot release a tempMessageId lease");
+            }
+            return Err(rejection);
+        }
         let event = MessageSent {
             conversation_id: conversation,
             message_id,

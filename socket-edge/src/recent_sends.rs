@@ -16,6 +16,13 @@
 //!   over and appends the same message again, same id, same `sentAt`. So no retry waits longer
 //!   than the slowest possible append, and no claim is ever stuck.
 //!
+//! The claim also spends the sender's `send-message` budget ([`rate_limit::GCRA_LUA`], the same
+//! rule as every other limit) in the same script: one round trip before the append, one after.
+//! A limited send claims nothing. The claim comes before the participant check (the check may
+//! read the database, and only a spent budget bounds that), so a send refused by the check
+//! releases its lease and leaves its `p:` record to expire: at most the sender's budget of such
+//! records per window.
+//!
 //! The window bounds Redis memory: each message sent keeps about its frame's size (plus the key)
 //! for the window, e.g. 1,000 messages/s × 600 s × ~400 B ≈ 240 MB at full load.
 
@@ -37,6 +44,16 @@ pub enum Claim {
     Sent(String),
     /// Another attempt held the lease for longer than any append takes (not expected).
     InFlight,
+    /// Over the sender's budget: nothing claimed; the next send fits after this long.
+    Limited(Duration),
+}
+
+/// The budget a claim spends: its action (a metric label), key ([`rate_limit::Limiter::key`])
+/// and rate.
+pub struct Budget {
+    pub action: &'static str,
+    pub key: String,
+    pub rate: rate_limit::Rate,
 }
 
 /// Who holds a send's lease: a fresh token per attempt.
@@ -58,9 +75,14 @@ const LEASE: Duration = writer::LONGEST_APPEND;
 /// Longest a retry waits for an attempt in flight: the lease and a margin for Redis's clock.
 const IN_FLIGHT_PATIENCE: Duration = Duration::from_millis(LEASE.as_millis() as u64 + 1_000);
 
-/// KEYS: record, lease. ARGV: proposed sentAt, window ms, lease ms, lease token.
-/// Returns {"append", sentAt} | {"sent", frame} | {"wait", ""}.
+/// After [`rate_limit::GCRA_LUA`]. KEYS: record, lease, and the budget when one is spent.
+/// ARGV: proposed sentAt, window ms, lease ms, lease token, then the budget's interval and
+/// tolerance. Returns {"limited", ms} | {"append", sentAt} | {"sent", frame} | {"wait", ""}.
 const CLAIM: &str = r"
+if KEYS[3] then
+  local wait = gcra(KEYS[3], ARGV[5], ARGV[6])
+  if wait > 0 then return {'limited', tostring(wait)} end
+end
 local v = redis.call('GET', KEYS[1])
 if not v then
   redis.call('SET', KEYS[1], 'p:' .. ARGV[1], 'PX', ARGV[2])
@@ -92,7 +114,7 @@ impl RecentSends {
         Self {
             redis,
             window,
-            claim: std::sync::Arc::new(Script::new(CLAIM)),
+            claim: std::sync::Arc::new(Script::new(&format!("{}{CLAIM}", rate_limit::GCRA_LUA))),
             confirm: std::sync::Arc::new(Script::new(CONFIRM)),
             abandon: std::sync::Arc::new(Script::new(ABANDON)),
         }
@@ -106,8 +128,8 @@ impl RecentSends {
         ]
     }
 
-    /// Claims the send of a `tempMessageId` for the attempt holding `lease`; `now` is its
-    /// `sentAt` if it is the first attempt.
+    /// Claims the send of a `tempMessageId` for the attempt holding `lease`, having spent one
+    /// action of `budget` first; `now` is its `sentAt` if it is the first attempt.
     pub async fn claim(
         &self,
         user: &str,
@@ -115,6 +137,7 @@ impl RecentSends {
         temp_message_id: &str,
         now: Timestamp,
         lease: Lease,
+        budget: &Budget,
     ) -> RedisResult<Claim> {
         let mut redis = self.redis.connection().await?;
         let [record, lease_key] = self.keys(user, conversation, temp_message_id);
@@ -123,18 +146,25 @@ impl RecentSends {
         // append can take: then the lease has expired and this attempt takes over.
         let deadline = tokio::time::Instant::now() + IN_FLIGHT_PATIENCE;
         let mut pause = Duration::from_millis(5);
+        let [interval, tolerance] = budget.rate.script_args();
+        // The budget is spent by the first call only, not by each wait for an attempt in flight.
+        let mut spend = true;
         loop {
-            let (verdict, value): (String, String) = self
-                .claim
-                .key(&record)
-                .key(&lease_key)
+            let mut call = self.claim.key(&record);
+            call.key(&lease_key)
                 .arg(now.to_string())
                 .arg(self.window.as_millis() as u64)
                 .arg(LEASE.as_millis() as u64)
-                .arg(lease.to_string())
-                .invoke_async(&mut redis)
-                .await?;
+                .arg(lease.to_string());
+            if std::mem::take(&mut spend) {
+                call.key(&budget.key).arg(&interval).arg(&tolerance);
+            }
+            let (verdict, value): (String, String) = call.invoke_async(&mut redis).await?;
             match verdict.as_str() {
+                "limited" => {
+                    let wait_ms = value.parse().unwrap_or(1);
+                    return Ok(Claim::Limited(rate_limit::refused(budget.action, wait_ms)));
+                }
                 "append" => {
                     // A stored `sentAt` that does not parse (never written by us) is replaced.
                     let sent_at =
