@@ -67,7 +67,7 @@ struct Args {
     seconds: u64,
     /// Seconds of the same load sent before measuring, so that the broker's JIT compiler and
     /// every cache are warm: a freshly started Kafka is several times slower for its first
-    /// minute or so of load (measured: p99 40 ms after 30 s of warm-up, 14 ms after 70 s).
+    /// minute or so of load (measured in docs/performance.md, ws-load's load step).
     #[arg(long, default_value_t = 60)]
     warmup: u64,
     /// Instead of one load step: one per rate of `--sweep-rates` (at `--connections`), then one
@@ -84,14 +84,14 @@ struct Args {
     #[arg(
         long,
         env = "CHAT_JWT_SECRET",
-        default_value = "pagenow-dev-secret",
+        default_value = auth::DEV_SECRET,
         hide_env_values = true
     )]
     jwt_secret: String,
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://chat:chat@127.0.0.1:5432/chat",
+        default_value = store::DEFAULT_DATABASE_URL,
         hide_env_values = true
     )]
     database_url: String,
@@ -257,17 +257,8 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 fn token(secret: &str, user: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 24 * 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({ "sub": user, "exp": exp }),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("sign a token")
+    let exp = auth::mint::now() + 24 * 3600;
+    auth::mint::hs256(secret, &serde_json::json!({ "sub": user, "exp": exp }))
 }
 
 async fn connect(
