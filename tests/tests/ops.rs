@@ -704,7 +704,7 @@ async fn stored_total(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
-/// Postgres, not Kafka's committed offsets, decides where the projector reads (issue 11):
+/// Postgres, not Kafka's committed offsets, decides where the projector reads:
 /// with the tables put back to an older copy, a restarted projector (whose committed offsets
 /// are ahead) and a running one (which notices at its next batch) both fold exactly the
 /// missing events again, and the tables equal a fresh fold of the log.
@@ -871,7 +871,7 @@ async fn verify_checks_the_log_without_the_fold() {
 
 /// An event of a schema version newer than this build knows stops its partition's projection
 /// (it is not malformed: a newer build wrote it) and `/readyz` names it; other partitions
-/// carry on, and a version-1 `ConversationCreated` of the first release is upcast (issue 11).
+/// carry on, and a version-1 `ConversationCreated` of the first release is upcast.
 #[tokio::test]
 async fn an_event_from_a_newer_build_stops_its_partition() {
     let env = TestEnv::new().await;

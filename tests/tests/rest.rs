@@ -717,7 +717,7 @@ fn resolve(doc: &Value, schema: &Value) -> Value {
     schema.clone()
 }
 
-/// `POST /conversation` with `Idempotency-Key` (issue 11): a retry answers with the first
+/// `POST /conversation` with `Idempotency-Key`: a retry answers with the first
 /// conversation, the same key with another body is a 422, a keyed group's id is derived from
 /// (creator, key), and requests without a key behave as before.
 #[tokio::test]
