@@ -132,6 +132,24 @@ impl TestEnv {
     }
 
     /// The environment every service of this test is started with.
+    /// Runs `chatctl` against this test's stack; returns its exit code, stdout and stderr.
+    pub async fn chatctl(&self, args: &[&str]) -> (i32, String, String) {
+        let output = tokio::process::Command::new(binary_path("chatctl"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.service_env())
+            .args(args)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("run chatctl");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     pub fn service_env(&self) -> Vec<(String, String)> {
         [
             ("DATABASE_URL", self.database_url.as_str()),

@@ -213,23 +213,6 @@ async fn seed(pool: &PgPool) {
     .unwrap();
 }
 
-async fn chatctl(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
-    let output = tokio::process::Command::new(binary_path("chatctl"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.service_env())
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run chatctl (build it: cargo build --workspace --bins)");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 /// Every event id of the log, in no particular order.
 async fn log_event_ids(env: &TestEnv) -> Vec<Uuid> {
     let mut ids: Vec<Uuid> = ops::import::event_ids_in_log(&env.kafka_args())
@@ -271,7 +254,9 @@ async fn the_old_database_is_imported_once_and_answers_through_the_contract() {
     assert_eq!((counts.conversations, counts.messages), (2, 10));
 
     // --dry-run prints the events and appends nothing.
-    let (code, out, err) = chatctl(&env, &["import-pagenow", "--from", &url, "--dry-run"]).await;
+    let (code, out, err) = env
+        .chatctl(&["import-pagenow", "--from", &url, "--dry-run"])
+        .await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.lines().count() as u64, counts.events(), "{out}");
     assert!(out.lines().all(|l| l.starts_with('{')), "{out}");
@@ -293,7 +278,7 @@ async fn the_old_database_is_imported_once_and_answers_through_the_contract() {
     }
     assert!(prefix > 0);
 
-    let (code, out, err) = chatctl(&env, &["import-pagenow", "--from", &url]).await;
+    let (code, out, err) = env.chatctl(&["import-pagenow", "--from", &url]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(&format!(
@@ -346,7 +331,7 @@ async fn the_old_database_is_imported_once_and_answers_through_the_contract() {
     assert_eq!(log_records(&env).await as u64, counts.events());
 
     // A second full run appends nothing.
-    let (code, out, err) = chatctl(&env, &["import-pagenow", "--from", &url]).await;
+    let (code, out, err) = env.chatctl(&["import-pagenow", "--from", &url]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("appended now: 0 event(s)"), "{out}");
     assert_eq!(log_records(&env).await as u64, counts.events());
@@ -362,7 +347,7 @@ async fn the_old_database_is_imported_once_and_answers_through_the_contract() {
         Duration::from_secs(30),
     )
     .await;
-    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    let (code, out, err) = env.chatctl(&["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("the log's 10 message(s)"), "{out}");
     let projected: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
@@ -500,7 +485,7 @@ async fn an_import_killed_mid_append_and_run_again_appends_nothing_twice() {
         "killed too late to test anything ({at_kill}, then {after_kill} of {planned})"
     );
 
-    let (code, out, err) = chatctl(&env, &["import-pagenow", "--from", &url]).await;
+    let (code, out, err) = env.chatctl(&["import-pagenow", "--from", &url]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(&format!("already in the log: {after_kill}")),

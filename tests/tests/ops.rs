@@ -70,7 +70,7 @@ async fn chatctl_topics_creates_the_log_and_its_dead_letter_topic_and_never_chan
                 "--partitions",
                 partitions,
             ];
-            chatctl(env, &args).await
+            env.chatctl(&args).await
         }
     };
     let (code, out, err) = topics("3").await;
@@ -95,24 +95,6 @@ async fn chatctl_topics_creates_the_log_and_its_dead_letter_topic_and_never_chan
         out.contains(&format!("topic {dead_letters}: exists, 1 partition(s)")),
         "{out}"
     );
-}
-
-/// Runs `chatctl` against this test's stack; returns its exit code, stdout and stderr.
-async fn chatctl(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
-    let output = tokio::process::Command::new(binary_path("chatctl"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.service_env())
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run chatctl (build it: cargo build --workspace --bins)");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 async fn table_oid(pool: &PgPool, table: &str) -> u32 {
@@ -152,7 +134,9 @@ async fn rebuild_switches_to_a_fresh_fold_under_live_traffic() {
 
     // An interrupted rebuild (folded, not switched) leaves the live projection alone, and
     // resumes where it stopped.
-    let (code, _, err) = chatctl(&env, &["rebuild", "--no-switch", "--batch-size", "40"]).await;
+    let (code, _, err) = env
+        .chatctl(&["rebuild", "--no-switch", "--batch-size", "40"])
+        .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(table_oid(&pool, "conversations").await, live_oid);
     let folded: i64 = sqlx::query_scalar("SELECT count(*) FROM rebuild.messages")
@@ -175,7 +159,7 @@ async fn rebuild_switches_to_a_fresh_fold_under_live_traffic() {
             }
         })
     };
-    let (code, _, err) = chatctl(&env, &["rebuild", "--batch-size", "40"]).await;
+    let (code, _, err) = env.chatctl(&["rebuild", "--batch-size", "40"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("resuming the interrupted rebuild"), "{err}");
     assert!(err.contains("switched"), "{err}");
@@ -211,14 +195,14 @@ async fn rebuild_switches_to_a_fresh_fold_under_live_traffic() {
         projection_digest(&pool).await,
         projection_digest(&reference_pool).await
     );
-    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    let (code, out, err) = env.chatctl(&["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("OK"), "{out}");
 
     // --discard drops an unfinished rebuild and nothing else.
-    let (code, _, err) = chatctl(&env, &["rebuild", "--no-switch"]).await;
+    let (code, _, err) = env.chatctl(&["rebuild", "--no-switch"]).await;
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = chatctl(&env, &["rebuild", "--discard"]).await;
+    let (code, _, err) = env.chatctl(&["rebuild", "--discard"]).await;
     assert_eq!(code, 0, "{err}");
     let schemas: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'rebuild'",
@@ -246,7 +230,7 @@ async fn verify_finds_a_corrupted_row() {
     let pool = env.pool().await;
     wait_caught_up(&env, &pool).await;
 
-    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    let (code, out, err) = env.chatctl(&["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("OK"), "{out}");
 
@@ -279,7 +263,7 @@ async fn verify_finds_a_corrupted_row() {
     .await
     .unwrap();
 
-    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    let (code, out, err) = env.chatctl(&["verify"]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.starts_with("MISMATCH: 3 difference(s)"), "{out}");
     assert!(
@@ -421,25 +405,25 @@ async fn poison_events_are_dead_lettered_and_the_projector_moves_on() {
 
     // verify agrees with the projection, lists what was set aside, and fails while those
     // dead letters are not accepted: each is an event missing from the projection.
-    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    let (code, out, err) = env.chatctl(&["verify"]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("FAIL: 2 dead-lettered event(s)"), "{out}");
     assert!(out.contains("--accept-dead-letter"), "{out}");
     let garbage_at = format!("{garbage_partition}:{garbage_offset}");
-    let (code, out, _) = chatctl(&env, &["verify", "--accept-dead-letter", &garbage_at]).await;
+    let (code, out, _) = env
+        .chatctl(&["verify", "--accept-dead-letter", &garbage_at])
+        .await;
     assert_eq!(code, 1, "one is still not accepted: {out}");
     let refused_at = format!("{}:{}", refused.0, refused.1);
-    let (code, out, err) = chatctl(
-        &env,
-        &[
+    let (code, out, err) = env
+        .chatctl(&[
             "verify",
             "--accept-dead-letter",
             &garbage_at,
             "--accept-dead-letter",
             &refused_at,
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("2 dead-lettered event(s)"), "{out}");
     assert!(out.contains("(accepted)"), "{out}");
@@ -467,7 +451,7 @@ async fn events_exports_json_lines_filtered_by_type_conversation_and_time() {
     let since = Timestamp::now().to_string();
     append_all(&env, &[message(a, "ben", "a2"), read(a, "ann")]).await;
 
-    let (code, out, err) = chatctl(&env, &["events"]).await;
+    let (code, out, err) = env.chatctl(&["events"]).await;
     assert_eq!(code, 0, "{err}");
     let lines: Vec<serde_json::Value> = out
         .lines()
@@ -481,17 +465,15 @@ async fn events_exports_json_lines_filtered_by_type_conversation_and_time() {
     );
 
     let conversation = a.to_string();
-    let (code, out, err) = chatctl(
-        &env,
-        &[
+    let (code, out, err) = env
+        .chatctl(&[
             "events",
             "--conversation",
             &conversation,
             "--type",
             "MessageSent",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(code, 0, "{err}");
     let contents: Vec<String> = out
         .lines()
@@ -500,7 +482,7 @@ async fn events_exports_json_lines_filtered_by_type_conversation_and_time() {
         .collect();
     assert_eq!(contents, ["a1", "a2"]);
 
-    let (code, out, err) = chatctl(&env, &["events", "--from-time", &since]).await;
+    let (code, out, err) = env.chatctl(&["events", "--from-time", &since]).await;
     assert_eq!(code, 0, "{err}");
     let types: Vec<String> = out
         .lines()
@@ -553,7 +535,7 @@ async fn the_same_message_appended_twice_is_projected_once() {
             .await
             .unwrap();
     assert_eq!(latest, "twice");
-    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    let (code, out, err) = env.chatctl(&["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
 }
 
@@ -605,7 +587,7 @@ async fn rebuild_killed_mid_fold_resumes_and_switches() {
     // The live projection is untouched; the partial fold is kept.
     assert_eq!(table_oid(&pool, "messages").await, live_oid);
     assert_eq!(projection_digest(&pool).await, before);
-    let (code, _, err) = chatctl(&env, &["rebuild"]).await;
+    let (code, _, err) = env.chatctl(&["rebuild"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("resuming the interrupted rebuild"), "{err}");
     assert_ne!(table_oid(&pool, "messages").await, live_oid);
@@ -651,7 +633,7 @@ async fn a_database_fault_is_retried_never_skipped() {
             .await
             .unwrap();
     assert_eq!(content, "waits for the database");
-    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    let (code, out, err) = env.chatctl(&["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("No dead-lettered events."), "{out}");
 }
@@ -794,7 +776,7 @@ async fn a_restored_projection_is_refolded_from_its_own_positions() {
         projection_digest(&fresh_pool).await,
         "the restored projection, refolded, equals a fresh fold"
     );
-    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    let (code, out, err) = env.chatctl(&["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
 }
 
@@ -813,7 +795,7 @@ async fn verify_checks_the_log_without_the_fold() {
         .collect();
     append_all(&env, &all).await;
     wait_caught_up(&env, &pool).await;
-    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    let (code, out, err) = env.chatctl(&["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("OK: the log's 18 message(s)"), "{out}");
 
@@ -844,7 +826,7 @@ async fn verify_checks_the_log_without_the_fold() {
     .execute(&pool)
     .await
     .unwrap();
-    let (code, out, err) = chatctl(&env, &["verify", "--max-differences", "50"]).await;
+    let (code, out, err) = env.chatctl(&["verify", "--max-differences", "50"]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("found without the fold"), "{out}");
     assert!(
@@ -994,7 +976,7 @@ async fn an_event_from_a_newer_build_stops_its_partition() {
         .await
         .unwrap()[&partition];
     assert_eq!(stored, offset, "the partition waits on the newer event");
-    let (code, out, err) = chatctl(&env, &["verify"]).await;
+    let (code, out, err) = env.chatctl(&["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("No dead-lettered events."), "{out}");
 }
