@@ -2,6 +2,7 @@
 //! one at a time (in order) while a writer task drains the connection's bounded outbox.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -14,12 +15,12 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use rate_limit::Verdict;
 use telemetry::error_response;
-use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::catch_up::{self, Replay};
 use crate::cursor::{self, Cursor};
-use crate::delivery::{Gate, Outbox};
+use crate::delivery::Gate;
+use crate::outbox::{Ending, Outbox, Work};
 use crate::frames::{self, Code, Command, Rejection, SendMessage, ServerFrame};
 use crate::recent_sends::{Budget, Claim};
 use crate::{
@@ -132,8 +133,7 @@ pub async fn upgrade(
             });
         })
         .on_upgrade(move |socket| {
-            let (handler, queue) = Handler::new(edge, user, connection);
-            handler.run(socket, queue)
+            Handler::new(edge, user, connection).run(socket)
         })
 }
 
@@ -160,18 +160,6 @@ fn upgrade_timed_out() -> Response {
     )
 }
 
-/// Why a connection ended, as the writer closes it.
-enum Ending {
-    /// The client closed or vanished.
-    ClientGone,
-    /// SIGTERM: 1001.
-    GoingAway,
-    /// A frame over the size limit: 1009.
-    TooBig,
-    /// Too many pings unanswered: 4001.
-    Unresponsive,
-}
-
 /// One connection's reader: frames are handled one after another, so they are appended in the
 /// order they were sent.
 pub struct Handler {
@@ -188,9 +176,7 @@ pub struct Handler {
 }
 
 impl Handler {
-    /// A handler and the receiving end of its outbox (for the writer task).
-    fn new(edge: Arc<Edge>, user: String, connection: Uuid) -> (Self, mpsc::Receiver<Utf8Bytes>) {
-        let (frames, queue) = mpsc::channel(edge.limits.outbound_queue);
+    fn new(edge: Arc<Edge>, user: String, connection: Uuid) -> Self {
         let holding = !edge.limits.catch_up_grace.is_zero();
         let tag = cursor::topic_tag(&edge.kafka.topic);
         let gate = if holding {
@@ -201,29 +187,20 @@ impl Handler {
                 ..Gate::default()
             }
         };
-        let outbox = Outbox {
+        let outbox = Outbox::new(connection, edge.limits.outbound_queue, gate);
+        Self {
+            edge,
+            user,
             connection,
-            frames,
-            overflowed: Arc::new(Notify::new()),
-            lost: Arc::new(Notify::new()),
-            gate: Arc::new(std::sync::Mutex::new(gate)),
-        };
-        (
-            Self {
-                edge,
-                user,
-                connection,
-                outbox,
-                join: None,
-                holding,
-            },
-            queue,
-        )
+            outbox,
+            join: None,
+            holding,
+        }
     }
 }
 
 impl Handler {
-    async fn run(mut self, socket: WebSocket, queue: mpsc::Receiver<Utf8Bytes>) {
+    async fn run(mut self, socket: WebSocket) {
         let (sink, mut stream) = socket.split();
         self.join = self.edge.held.insert(&self.user, self.outbox.clone());
         let grace = tokio::time::sleep(self.edge.limits.catch_up_grace);
@@ -231,15 +208,9 @@ impl Handler {
         metrics::gauge!("chat_open_connections").increment(1.0);
         tracing::debug!(user = %self.user, connection = %self.connection, "connected");
 
-        let (close_tx, close_rx) = oneshot::channel();
-        let ping = Arc::new(Notify::new());
         let mut writer = tokio::spawn(write_frames(
             sink,
-            queue,
-            self.outbox.overflowed.clone(),
-            ping.clone(),
-            self.outbox.lost.clone(),
-            close_rx,
+            self.outbox.clone(),
             self.edge.limits.close_grace,
         ));
         let mut shutdown = self.edge.shutdown.clone();
@@ -259,7 +230,7 @@ impl Handler {
                         break Some(Ending::Unresponsive);
                     }
                     unanswered += 1;
-                    ping.notify_one();
+                    self.outbox.ping();
                 }
                 frame = stream.next() => {
                     if matches!(frame, Some(Ok(_))) {
@@ -285,7 +256,7 @@ impl Handler {
         // before the socket is dropped, so a graceful shutdown leaves nothing behind in Redis.
         self.edge.held.remove(&self.user, self.connection);
         if let Some(ending) = ending {
-            let _ = close_tx.send(ending);
+            self.outbox.close(ending);
             let _ = tokio::time::timeout(self.edge.limits.close_grace * 2, &mut writer).await;
         }
         // A writer still blocked on a peer that reads nothing must not keep the socket open.
@@ -551,7 +522,7 @@ impl Handler {
         // at once, before any new live delivery.
         loop {
             let held = self.edge.held.take_held(&self.outbox, floor.clone());
-            if held.len() < self.outbox.frames.capacity() / 2 {
+            if held.len() < self.outbox.room() / 2 {
                 for frame in held {
                     self.outbox.push(frame);
                 }
@@ -577,14 +548,9 @@ impl Handler {
 
     /// Queues a frame, waiting for room; a client that reads nothing for long is too slow.
     async fn send_waiting(&self, frame: Utf8Bytes) {
-        let queued = tokio::time::timeout(
-            self.edge.limits.catch_up.patience,
-            self.outbox.frames.send(frame),
-        )
-        .await;
-        if queued.is_err() {
-            self.outbox.overflowed.notify_one();
-        }
+        self.outbox
+            .push_waiting(frame, self.edge.limits.catch_up.patience)
+            .await;
     }
 
     fn reject(&self, rejection: Rejection) {
@@ -608,67 +574,56 @@ fn is_too_big(error: axum::Error) -> bool {
     )
 }
 
-/// The writer task: drains the outbox into the socket until told to close, or until the outbox
-/// overflowed (4008). Every write races the overflow signal, so a client that stopped reading
-/// cannot pin this task.
+/// The writer task: drains the outbox into the socket until the connection must close. Every
+/// write races the outbox's end (a full queue closes it as too slow), so a client that stopped
+/// reading cannot pin this task.
 async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
-    mut queue: mpsc::Receiver<Utf8Bytes>,
-    overflowed: Arc<Notify>,
-    ping: Arc<Notify>,
-    lost: Arc<Notify>,
-    mut close: oneshot::Receiver<Ending>,
+    outbox: Outbox,
     close_grace: std::time::Duration,
 ) {
-    let (code, reason) = loop {
-        tokio::select! {
-            biased;
-            _ = overflowed.notified() => break slow(),
-            _ = lost.notified() => break (CLOSE_DELIVERY_LOST, "a delivery was lost: reconnect and read history"),
-            ending = &mut close => match ending {
-                Ok(Ending::GoingAway) => break (CLOSE_GOING_AWAY, "server shutting down"),
-                Ok(Ending::TooBig) => break (CLOSE_TOO_BIG, "frame too large"),
-                Ok(Ending::Unresponsive) => break (CLOSE_UNRESPONSIVE, "pings unanswered"),
-                Ok(Ending::ClientGone) | Err(_) => {
-                    let _ = tokio::time::timeout(close_grace, sink.close()).await;
-                    return;
-                }
-            },
-            _ = ping.notified() => {
-                tokio::select! {
-                    biased;
-                    _ = overflowed.notified() => break slow(),
-                    written = sink.send(Message::Ping(Default::default())) => if written.is_err() { return },
-                }
-            }
-            frame = queue.recv() => {
-                let Some(frame) = frame else { return };
+    let mut batch = VecDeque::new();
+    let ending = loop {
+        match outbox.next(&mut batch).await {
+            Work::End(ending) => break ending,
+            Work::Write { ping } => {
                 let write = async {
-                    sink.feed(Message::Text(frame)).await?;
-                    // Batch whatever else is already queued into one flush.
-                    while let Ok(more) = queue.try_recv() {
-                        sink.feed(Message::Text(more)).await?;
+                    if ping {
+                        sink.feed(Message::Ping(Default::default())).await?;
+                    }
+                    // Everything queued so far, in one flush.
+                    for frame in batch.drain(..) {
+                        sink.feed(Message::Text(frame)).await?;
                     }
                     sink.flush().await
                 };
                 tokio::select! {
                     biased;
-                    _ = overflowed.notified() => break slow(),
+                    ending = outbox.ended() => break ending,
                     written = write => if written.is_err() { return },
                 }
             }
         }
+    };
+    let (code, reason) = match ending {
+        Ending::ClientGone => {
+            let _ = tokio::time::timeout(close_grace, sink.close()).await;
+            return;
+        }
+        Ending::GoingAway => (CLOSE_GOING_AWAY, "server shutting down"),
+        Ending::TooBig => (CLOSE_TOO_BIG, "frame too large"),
+        Ending::Unresponsive => (CLOSE_UNRESPONSIVE, "pings unanswered"),
+        Ending::TooSlow => (CLOSE_TOO_SLOW, "too slow: outbound queue full"),
+        Ending::DeliveryLost => (
+            CLOSE_DELIVERY_LOST,
+            "a delivery was lost: reconnect and read history",
+        ),
     };
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
     let _ = tokio::time::timeout(close_grace, sink.send(Message::Close(Some(frame)))).await;
-}
-
-fn slow() -> (u16, &'static str) {
-    metrics::counter!("chat_ws_slow_disconnects_total").increment(1);
-    (CLOSE_TOO_SLOW, "too slow: outbound queue full")
 }
 
 #[cfg(test)]

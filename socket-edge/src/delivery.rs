@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -23,25 +23,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use store::Store;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::frames::ServerFrame;
-
-/// The way to one connection's writer.
-#[derive(Clone)]
-pub struct Outbox {
-    pub connection: Uuid,
-    /// Bounded (`CHAT_WS_OUTBOUND_QUEUE`): a full queue means the client cannot keep up.
-    pub frames: mpsc::Sender<Utf8Bytes>,
-    /// Woken when the queue overflowed: the connection is closed as too slow.
-    pub overflowed: Arc<Notify>,
-    /// Woken when a delivery this connection may have been owed was lost: the connection is
-    /// closed (1011) so that the client reads history.
-    pub lost: Arc<Notify>,
-    /// Holds live deliveries back while the connection may still catch up (see [`Gate`]).
-    pub gate: Arc<Mutex<Gate>>,
-}
+use crate::outbox::{Ending, Outbox};
 
 /// A live delivery: its frame (with its cursor) and where its event stands in the log.
 #[derive(Clone)]
@@ -113,38 +99,6 @@ fn restamp(frame: &str, cursor: &str) -> String {
         .rfind(FIELD)
         .expect("live frames end with their cursor");
     format!("{}{FIELD}{cursor}\"}}", &frame[..at])
-}
-
-impl Outbox {
-    /// Queues a frame without waiting; on a full queue the connection is told to close.
-    pub fn push(&self, frame: Utf8Bytes) -> bool {
-        match self.frames.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflowed.notify_one();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    /// Hands a live delivery over: held back, dropped as already had, or queued.
-    pub fn deliver_live(&self, live: &Live) -> bool {
-        let mut gate = self.gate.lock().expect("lock is never poisoned");
-        let limit = gate.hold_limit;
-        if let Some(held) = &mut gate.held {
-            if held.len() >= limit {
-                self.overflowed.notify_one();
-                return false;
-            }
-            held.push(live.clone());
-            return true;
-        }
-        match gate.admit(live) {
-            Some(frame) => self.push(frame),
-            None => false,
-        }
-    }
 }
 
 /// The connections this edge holds, by user.
@@ -225,40 +179,42 @@ impl HeldConnections {
         last: impl FnOnce(&[i64]) -> Option<String>,
     ) -> bool {
         let _by_user = self.by_user.write().expect("lock is never poisoned");
-        let mut gate = outbox.gate.lock().expect("lock is never poisoned");
-        gate.floor = floor;
-        let held = gate.held.take().unwrap_or_default();
-        let mut fitted = true;
-        for live in &held {
-            if let Some(frame) = gate.admit(live) {
-                fitted &= outbox.push(frame);
+        outbox.with_gate(|gate, queue| {
+            gate.floor = floor;
+            let held = gate.held.take().unwrap_or_default();
+            let mut fitted = true;
+            for live in &held {
+                if let Some(frame) = gate.admit(live) {
+                    fitted &= queue.push(frame);
+                }
             }
-        }
-        let mut now = self.positions_now().unwrap_or_default();
-        if let Some(floor) = &gate.floor {
-            for (n, f) in now.iter_mut().zip(floor.iter()) {
-                *n = (*n).max(*f);
+            let mut now = self.positions_now().unwrap_or_default();
+            if let Some(floor) = &gate.floor {
+                for (n, f) in now.iter_mut().zip(floor.iter()) {
+                    *n = (*n).max(*f);
+                }
             }
-        }
-        if let Some(frame) = last(&now) {
-            fitted &= outbox.push(frame.into());
-        }
-        fitted
+            if let Some(frame) = last(&now) {
+                fitted &= queue.push(frame.into());
+            }
+            fitted
+        })
     }
 
     /// Takes the frames held so far (what the client lacks of them, per `floor`), leaving the
     /// gate closed.
     pub fn take_held(&self, outbox: &Outbox, floor: Option<Arc<[i64]>>) -> Vec<Utf8Bytes> {
-        let mut gate = outbox.gate.lock().expect("lock is never poisoned");
-        gate.floor = floor;
-        let held = gate.held.as_mut().map(std::mem::take).unwrap_or_default();
-        held.iter().filter_map(|live| gate.admit(live)).collect()
+        outbox.with_gate(|gate, _| {
+            gate.floor = floor;
+            let held = gate.held.as_mut().map(std::mem::take).unwrap_or_default();
+            held.iter().filter_map(|live| gate.admit(live)).collect()
+        })
     }
 
     pub fn remove(&self, user: &str, connection: Uuid) {
         let mut by_user = self.by_user.write().expect("lock is never poisoned");
         if let Some(outboxes) = by_user.get_mut(user) {
-            outboxes.retain(|(_, o)| o.connection != connection);
+            outboxes.retain(|(_, o)| o.connection() != connection);
             if outboxes.is_empty() {
                 by_user.remove(user);
             }
@@ -298,7 +254,7 @@ impl HeldConnections {
         let by_user = self.by_user.read().expect("lock is never poisoned");
         let mut closed = 0;
         for (_, outbox) in by_user.values().flatten() {
-            outbox.lost.notify_one();
+            outbox.close(Ending::DeliveryLost);
             closed += 1;
         }
         closed
@@ -309,7 +265,7 @@ impl HeldConnections {
         let by_user = self.by_user.read().expect("lock is never poisoned");
         by_user
             .iter()
-            .flat_map(|(user, outboxes)| outboxes.iter().map(|(_, o)| (user.clone(), o.connection)))
+            .flat_map(|(user, outboxes)| outboxes.iter().map(|(_, o)| (user.clone(), o.connection())))
             .collect()
     }
 }
@@ -665,15 +621,8 @@ mod tests {
     fn a_repeat_reaches_only_connections_that_joined_since() {
         let held = HeldConnections::default();
         let outbox = || {
-            let (frames, queue) = mpsc::channel(8);
-            let outbox = Outbox {
-                connection: Uuid::new_v4(),
-                frames,
-                overflowed: Arc::new(Notify::new()),
-                lost: Arc::new(Notify::new()),
-                gate: Default::default(),
-            };
-            (outbox, queue)
+            let outbox = Outbox::new(Uuid::new_v4(), 8, Gate::default());
+            (outbox.clone(), Received::from(outbox))
         };
         let (early, mut early_queue) = outbox();
         held.insert("alice", early);
@@ -689,6 +638,28 @@ mod tests {
             "the early connection had it once"
         );
         assert!(late_queue.try_recv().is_ok());
+    }
+
+    /// What an outbox's writer would receive, frame by frame.
+    struct Received {
+        outbox: Outbox,
+        frames: VecDeque<Utf8Bytes>,
+    }
+
+    impl From<Outbox> for Received {
+        fn from(outbox: Outbox) -> Self {
+            Self {
+                outbox,
+                frames: VecDeque::new(),
+            }
+        }
+    }
+
+    impl Received {
+        fn try_recv(&mut self) -> Result<Utf8Bytes, ()> {
+            self.frames.extend(self.outbox.take_queued());
+            self.frames.pop_front().ok_or(())
+        }
     }
 
     fn live(partition: usize, offset: i64, next: &[i64]) -> Live {
@@ -717,14 +688,12 @@ mod tests {
     fn the_seam_holds_then_replays_then_goes_live_with_cursors_that_never_go_back() {
         let held = HeldConnections::default();
         held.start_at(&[10, 20]);
-        let (frames, mut queue) = mpsc::channel(16);
-        let outbox = Outbox {
-            connection: Uuid::new_v4(),
-            frames,
-            overflowed: Arc::new(Notify::new()),
-            lost: Arc::new(Notify::new()),
-            gate: Arc::new(Mutex::new(Gate::holding(crate::cursor::topic_tag("t"), 16))),
-        };
+        let outbox = Outbox::new(
+            Uuid::new_v4(),
+            16,
+            Gate::holding(crate::cursor::topic_tag("t"), 16),
+        );
+        let mut queue = Received::from(outbox.clone());
         let join = held.insert("alice", outbox.clone()).unwrap();
         assert_eq!(join, vec![10, 20]);
         // Live deliveries while the connection waits for its catch-up are held back.
@@ -789,14 +758,8 @@ mod tests {
             ];
             let held = HeldConnections::default();
             held.start_at(&[0, 0]);
-            let (frames, mut queue) = mpsc::channel(1024);
-            let outbox = Outbox {
-                connection: Uuid::new_v4(),
-                frames,
-                overflowed: Arc::new(Notify::new()),
-                lost: Arc::new(Notify::new()),
-                gate: Arc::new(Mutex::new(Gate::holding(crate::cursor::topic_tag("t"), 1024))),
-            };
+            let outbox = Outbox::new(Uuid::new_v4(), 1024, Gate::holding(crate::cursor::topic_tag("t"), 1024));
+            let mut queue = Received::from(outbox.clone());
             let mut next = vec![0i64, 0];
             let mut deliver = |held: &HeldConnections, (p, o): (usize, i64)| {
                 next[p] = o + 1;

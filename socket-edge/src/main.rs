@@ -3,13 +3,14 @@
 
 use socket_edge::startup::{Application, Config};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config: Config = telemetry::parse_config();
     telemetry::init_logs(&config.log);
-    Application::build(&config)
-        .await?
-        .run_until_stopped(telemetry::shutdown_signal())
-        .await;
-    Ok(())
+    config.runtime()?.block_on(async {
+        Application::build(&config)
+            .await?
+            .run_until_stopped(telemetry::shutdown_signal())
+            .await;
+        Ok(())
+    })
 }

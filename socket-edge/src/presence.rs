@@ -219,12 +219,8 @@ pub(crate) fn unix_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use tokio::sync::{Notify, mpsc};
-
     use super::*;
-    use crate::delivery::Outbox;
+    use crate::outbox::Outbox;
 
     /// Against the local Redis (`REDIS_URL`), under a prefix of its own.
     fn presence() -> Presence {
@@ -239,13 +235,7 @@ mod tests {
     }
 
     fn outbox(connection: Uuid) -> Outbox {
-        Outbox {
-            connection,
-            frames: mpsc::channel(1).0,
-            overflowed: Arc::new(Notify::new()),
-            lost: Arc::new(Notify::new()),
-            gate: Default::default(),
-        }
+        Outbox::new(connection, 1, Default::default())
     }
 
     async fn registered(presence: &Presence, user: &str) -> Vec<String> {

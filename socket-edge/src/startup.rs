@@ -48,6 +48,12 @@ pub struct Config {
     /// Where /readyz and /metrics listen instead (unset: on CHAT_WS_ADDR).
     #[arg(long, env = OPS_ADDR)]
     pub ops_addr: Option<SocketAddr>,
+    /// Threads that run the connections and the deliveries. 1 (the default) runs everything
+    /// on one thread, which costs the least CPU per delivery (a delivery wakes its connection
+    /// on the same thread, with no wake-up across threads); give more to an edge that needs
+    /// more than one core.
+    #[arg(long, env = "CHAT_WS_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: u16,
     #[command(flatten)]
     pub edge: EdgeArgs,
     #[command(flatten)]
@@ -61,6 +67,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// The runtime `main` runs the edge on, per [`Config::worker_threads`].
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self.worker_threads {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            n => {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(n.into());
+                builder
+            }
+        };
+        builder.enable_all().build()
+    }
+
     /// The configuration given by `args` (flags, the program name first) and the defaults, with
     /// the environment ignored: an edge a test runs in-process is configured by the test alone.
     pub fn from_flags<I, T>(args: I) -> Result<Self, clap::Error>
