@@ -231,6 +231,17 @@ async fn main() -> anyhow::Result<()> {
         ),
     ));
 
+    if !load.edge_threads.is_empty() {
+        table.push((
+            "edge CPU per delivery by thread (µs)".into(),
+            load.edge_threads
+                .iter()
+                .map(|(name, micros)| format!("{name} {micros:.1}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+    }
+
     let width = table
         .iter()
         .map(|(k, _)| k.chars().count())
@@ -323,6 +334,9 @@ pub struct LoadResult {
     pub cpu: Vec<cpu::Use>,
     /// Deliveries (warm-up ones included) received between the two CPU samples.
     pub cpu_deliveries: u64,
+    /// The edge's CPU per delivery by thread name (`--edge-pid`), busiest first: its runtime
+    /// against librdkafka's threads.
+    pub edge_threads: Vec<(String, f64)>,
 }
 
 impl LoadResult {
@@ -481,6 +495,7 @@ async fn load(
     recording.store(true, Ordering::Relaxed);
     let measured_from = Instant::now();
     let cpu_before = cpu::sample(watched);
+    let threads_before = args.edge_pid.map(cpu::threads).unwrap_or_default();
     let delivered_before = delivered.load(Ordering::Relaxed);
     let (sent, sending) = send(shape.seconds, 'm').await;
     let cpu_deliveries = delivered.load(Ordering::Relaxed) - delivered_before;
@@ -489,6 +504,11 @@ async fn load(
         &cpu_before,
         &cpu::sample(watched),
         measured_from.elapsed(),
+        cpu_deliveries,
+    );
+    let edge_threads = cpu::per_delivery(
+        &threads_before,
+        &args.edge_pid.map(cpu::threads).unwrap_or_default(),
         cpu_deliveries,
     );
     // Let the last deliveries arrive.
@@ -524,6 +544,7 @@ async fn load(
         errors: errors.load(Ordering::Relaxed),
         cpu,
         cpu_deliveries,
+        edge_threads,
     })
 }
 
@@ -705,11 +726,9 @@ pub mod cpu {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
             };
-            // "pid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            let Some((comm, used)) = comm_and_ticks(&stat) else {
                 continue;
             };
-            let comm = &stat[open + 1..close];
             for (i, w) in watched.iter().enumerate() {
                 let mine = match &w.who {
                     Who::Pid(p) => *p == pid,
@@ -721,16 +740,65 @@ pub mod cpu {
                     }
                 };
                 if mine {
-                    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-                    // After comm: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
-                    ticks[i] += [11, 12]
-                        .iter()
-                        .filter_map(|&f| fields.get(f).and_then(|v| v.parse::<u64>().ok()))
-                        .sum::<u64>();
+                    ticks[i] += used;
                 }
             }
         }
         ticks
+    }
+
+    /// Clock ticks of user + system time of each thread of `pid`, summed by thread name
+    /// (librdkafka names its threads `rdk:main`, `rdk:broker<N>`, ...; the runtime's threads
+    /// carry the process's name).
+    pub fn threads(pid: u32) -> std::collections::BTreeMap<String, u64> {
+        let mut ticks = std::collections::BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return ticks;
+        };
+        for entry in entries.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            if let Some((comm, used)) = comm_and_ticks(&stat) {
+                *ticks.entry(comm.to_owned()).or_default() += used;
+            }
+        }
+        ticks
+    }
+
+    /// Each thread name's CPU microseconds per delivery between two [`threads`] samples,
+    /// busiest first.
+    pub fn per_delivery(
+        before: &std::collections::BTreeMap<String, u64>,
+        after: &std::collections::BTreeMap<String, u64>,
+        deliveries: u64,
+    ) -> Vec<(String, f64)> {
+        let mut used: Vec<(String, f64)> = after
+            .iter()
+            .map(|(name, a)| {
+                let ticks = a.saturating_sub(before.get(name).copied().unwrap_or(0));
+                (
+                    name.clone(),
+                    ticks as f64 / 100.0 * 1e6 / deliveries.max(1) as f64,
+                )
+            })
+            .filter(|(_, micros)| *micros > 0.0)
+            .collect();
+        used.sort_by(|a, b| b.1.total_cmp(&a.1));
+        used
+    }
+
+    /// The `comm` and user + system clock ticks of a `/proc/.../stat` line.
+    fn comm_and_ticks(stat: &str) -> Option<(&str, u64)> {
+        // "pid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
+        let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+        let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
+        // After comm: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+        let used = [11, 12]
+            .iter()
+            .filter_map(|&f| fields.get(f).and_then(|v| v.parse::<u64>().ok()))
+            .sum();
+        Some((&stat[open + 1..close], used))
     }
 
     /// One name's CPU over a measured window.
