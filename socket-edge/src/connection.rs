@@ -20,8 +20,8 @@ use uuid::Uuid;
 use crate::catch_up::{self, Replay};
 use crate::cursor::{self, Cursor};
 use crate::delivery::Gate;
-use crate::outbox::{Ending, Outbox, Work};
 use crate::frames::{self, Code, Command, Rejection, SendMessage, ServerFrame};
+use crate::outbox::{Ending, Outbox, Work};
 use crate::recent_sends::{Budget, Claim};
 use crate::{
     CLOSE_DELIVERY_LOST, CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, Edge,
@@ -132,9 +132,7 @@ pub async fn upgrade(
                 let _ = edge.presence.unregister(&user, connection).await;
             });
         })
-        .on_upgrade(move |socket| {
-            Handler::new(edge, user, connection).run(socket)
-        })
+        .on_upgrade(move |socket| Handler::new(edge, user, connection).run(socket))
 }
 
 /// Bytes tungstenite reads at once into each connection's buffer, which every connection keeps

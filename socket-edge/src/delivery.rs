@@ -265,7 +265,9 @@ impl HeldConnections {
         let by_user = self.by_user.read().expect("lock is never poisoned");
         by_user
             .iter()
-            .flat_map(|(user, outboxes)| outboxes.iter().map(|(_, o)| (user.clone(), o.connection())))
+            .flat_map(|(user, outboxes)| {
+                outboxes.iter().map(|(_, o)| (user.clone(), o.connection()))
+            })
             .collect()
     }
 }
