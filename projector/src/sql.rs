@@ -23,19 +23,20 @@ pub struct Positioned {
     pub envelope: Envelope,
 }
 
-/// A batch, pivoted into one column array per table field, ready for `UNNEST`.
+/// A batch, pivoted into one column array per table field, ready for `UNNEST`. Its text
+/// borrows from the events.
 #[derive(Default, Debug)]
-pub struct Batch {
-    conversations: ConversationColumns,
-    participants: (Vec<Uuid>, Vec<String>),
+pub struct Batch<'a> {
+    conversations: ConversationColumns<'a>,
+    participants: (Vec<Uuid>, Vec<&'a str>),
     /// (creator, Idempotency-Key, conversation) of conversations created under a key.
-    keys: (Vec<String>, Vec<String>, Vec<Uuid>),
-    messages: MessageColumns,
+    keys: (Vec<&'a str>, Vec<&'a str>, Vec<Uuid>),
+    messages: MessageColumns<'a>,
     message_ids: HashSet<Uuid>,
     /// Index in `messages` of each conversation's last message of the batch (log order).
     latest: HashMap<Uuid, usize>,
     /// Latest read event per (conversation, user).
-    reads: HashMap<(Uuid, String), Read>,
+    reads: HashMap<(Uuid, &'a str), Read>,
     /// Events per type name, for metrics.
     pub counts: HashMap<&'static str, u64>,
 }
@@ -52,29 +53,51 @@ struct Read {
 }
 
 #[derive(Default, Debug)]
-struct ConversationColumns {
+struct ConversationColumns<'a> {
     id: Vec<Uuid>,
-    title: Vec<String>,
+    title: Vec<&'a str>,
     is_group: Vec<bool>,
-    created_by: Vec<String>,
+    created_by: Vec<&'a str>,
     created_at: Vec<DateTime<Utc>>,
 }
 
 #[derive(Default, Debug)]
-struct MessageColumns {
+struct MessageColumns<'a> {
     conversation_id: Vec<Uuid>,
     seq: Vec<i64>,
     message_id: Vec<Uuid>,
-    sender_id: Vec<String>,
-    content: Vec<String>,
+    sender_id: Vec<&'a str>,
+    content: Vec<&'a str>,
     sent_at: Vec<DateTime<Utc>>,
-    temp_message_id: Vec<String>,
+    temp_message_id: Vec<&'a str>,
 }
 
-impl Batch {
+impl MessageColumns<'_> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            conversation_id: Vec::with_capacity(n),
+            seq: Vec::with_capacity(n),
+            message_id: Vec::with_capacity(n),
+            sender_id: Vec::with_capacity(n),
+            content: Vec::with_capacity(n),
+            sent_at: Vec::with_capacity(n),
+            temp_message_id: Vec::with_capacity(n),
+        }
+    }
+}
+
+impl<'a> Batch<'a> {
     /// Pivots events, which must be in log order within each partition.
-    pub fn new<'a>(events: impl IntoIterator<Item = &'a Positioned>) -> Self {
-        let mut batch = Batch::default();
+    pub fn new(events: impl IntoIterator<Item = &'a Positioned>) -> Self {
+        let events = events.into_iter();
+        // Most events of a batch are messages: room for all of them up front, rather than
+        // growing (and copying) each column again and again.
+        let expected = events.size_hint().0;
+        let mut batch = Batch {
+            messages: MessageColumns::with_capacity(expected),
+            message_ids: HashSet::with_capacity(expected),
+            ..Batch::default()
+        };
         for positioned in events {
             let envelope = &positioned.envelope;
             *batch.counts.entry(envelope.event.type_name()).or_default() += 1;
@@ -82,17 +105,17 @@ impl Batch {
                 Event::ConversationCreated(e) => {
                     let c = &mut batch.conversations;
                     c.id.push(e.conversation_id);
-                    c.title.push(e.title.clone());
+                    c.title.push(&e.title);
                     c.is_group.push(e.is_group);
-                    c.created_by.push(e.created_by.clone());
+                    c.created_by.push(&e.created_by);
                     c.created_at.push(envelope.accepted_at.as_datetime());
                     for user in &e.participants {
                         batch.participants.0.push(e.conversation_id);
-                        batch.participants.1.push(user.clone());
+                        batch.participants.1.push(user);
                     }
                     if let Some(key) = &e.idempotency_key {
-                        batch.keys.0.push(e.created_by.clone());
-                        batch.keys.1.push(key.clone());
+                        batch.keys.0.push(&e.created_by);
+                        batch.keys.1.push(key);
                         batch.keys.2.push(e.conversation_id);
                     }
                 }
@@ -113,10 +136,10 @@ impl Batch {
                     m.conversation_id.push(e.conversation_id);
                     m.seq.push(positioned.offset);
                     m.message_id.push(e.message_id);
-                    m.sender_id.push(e.sender_id.clone());
-                    m.content.push(e.content.clone());
+                    m.sender_id.push(&e.sender_id);
+                    m.content.push(&e.content);
                     m.sent_at.push(e.sent_at.as_datetime());
-                    m.temp_message_id.push(e.temp_message_id.clone());
+                    m.temp_message_id.push(&e.temp_message_id);
                 }
                 Event::MessagesRead(e) => {
                     let read = Read {
@@ -128,7 +151,7 @@ impl Batch {
                     };
                     batch
                         .reads
-                        .entry((e.conversation_id, e.user_id.clone()))
+                        .entry((e.conversation_id, e.user_id.as_str()))
                         .and_modify(|latest| {
                             if latest.at < read.at {
                                 *latest = read;
@@ -204,8 +227,8 @@ impl Batch {
                     l.conversation_id.push(m.conversation_id[i]);
                     l.seq.push(m.seq[i]);
                     l.message_id.push(m.message_id[i]);
-                    l.sender_id.push(m.sender_id[i].clone());
-                    l.content.push(m.content[i].clone());
+                    l.sender_id.push(m.sender_id[i]);
+                    l.content.push(m.content[i]);
                     l.sent_at.push(m.sent_at[i]);
                 }
                 sqlx::query(
@@ -260,7 +283,7 @@ impl Batch {
                 _ => (&mut looked_up, read.at),
             };
             columns.conversation_id.push(*conversation_id);
-            columns.user_id.push(user.as_str());
+            columns.user_id.push(*user);
             columns.seq.push(seq);
         }
         // Markers never move back.
@@ -363,7 +386,7 @@ impl Batch {
 /// Messages in a batch from which inserting them all at once, in a savepoint, pays off (see
 /// [`Batch::insert_messages`]): below it, the savepoint's two round trips cost more than the
 /// probes they save.
-const BULK_MESSAGES: usize = 500;
+pub const BULK_MESSAGES: usize = 500;
 
 /// Read markers to write, in columns.
 #[derive(Default)]
