@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chat_tests::fixtures::{
-    POSITIONS_TOTAL, PROJECTION_TABLES, created, message, table_digest, wait_for_count,
+    POSITIONS_TOTAL, PROJECTION_TABLES, created, message, read, table_digest, wait_for_count,
 };
 use chat_tests::{TestEnv, eventually};
 use events::{Envelope, Event, MessagesRead};
@@ -226,4 +226,63 @@ async fn applying_a_batch_twice_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(marker, 2, "a read covers the messages before it in the log");
+}
+
+/// A batch with many messages inserts them all at once, without looking for each first: applied
+/// again, or after a part of it was applied (the insert then finds messages there already and
+/// looks), it leaves the same rows as applying it once.
+#[tokio::test]
+async fn a_batch_of_many_messages_applied_twice_changes_nothing() {
+    use projector::sql::{BULK_MESSAGES, Batch, Positioned};
+    let c = Uuid::new_v4();
+    let mut envelopes = vec![created(c, &["amy", "bo"])];
+    for i in 0..BULK_MESSAGES + 100 {
+        let sender = if i % 2 == 0 { "amy" } else { "bo" };
+        envelopes.push(message(c, sender, &format!("m{i}")));
+        if i % 97 == 0 {
+            envelopes.push(read(c, "bo"));
+        }
+    }
+    let events: Vec<Positioned> = envelopes
+        .into_iter()
+        .enumerate()
+        .map(|(i, envelope)| Positioned {
+            partition: 0,
+            offset: i as i64,
+            envelope,
+        })
+        .collect();
+    let apply = |pool: PgPool, events: &[Positioned]| {
+        let events = events.to_vec();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            Batch::new(&events).apply(&mut tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    apply(pool.clone(), &events).await;
+    let once = table_digest(&pool, &PROJECTION_TABLES).await;
+    assert_eq!(
+        once.iter().map(|(_, n, _)| *n).collect::<Vec<_>>(),
+        [1, 2, BULK_MESSAGES as i64 + 100, 1, 0]
+    );
+    apply(pool.clone(), &events).await;
+    assert_eq!(
+        table_digest(&pool, &PROJECTION_TABLES).await,
+        once,
+        "the same batch again"
+    );
+
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    apply(pool.clone(), &events[..events.len() / 3]).await;
+    apply(pool.clone(), &events).await;
+    assert_eq!(
+        table_digest(&pool, &PROJECTION_TABLES).await,
+        once,
+        "a part of the batch first, then all of it"
+    );
 }
