@@ -321,4 +321,26 @@ mod tests {
         assert_eq!(config.ws_addr.port(), 0);
         assert!(config.edge.base_path.is_empty());
     }
+
+    #[test]
+    fn one_runtime_thread_unless_asked() {
+        let config = |flags: &[&str]| {
+            super::Config::from_flags(["socket-edge"].iter().chain(flags).copied())
+        };
+        let one = config(&[]).expect("defaults parse");
+        assert_eq!(one.worker_threads, 1);
+        assert_eq!(
+            one.runtime().unwrap().handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        let two = config(&["--worker-threads", "2"]).expect("flags parse");
+        assert_eq!(
+            two.runtime().unwrap().handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread
+        );
+        assert!(
+            config(&["--worker-threads", "0"]).is_err(),
+            "no thread is refused at start-up"
+        );
+    }
 }
