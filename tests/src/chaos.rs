@@ -115,6 +115,17 @@ impl std::fmt::Display for Report {
             self.groups_acknowledged,
             self.groups_missing.len()
         )?;
+        // What broke, by name: a count alone does not say which guarantee it was.
+        for (what, found) in [
+            ("lost", &self.lost),
+            ("doubled", &self.doubled),
+            ("out of order", &self.out_of_order),
+            ("group missing", &self.groups_missing),
+        ] {
+            for item in found.iter().take(10) {
+                writeln!(f, "  {what}: {item}")?;
+            }
+        }
         match &self.verified {
             Ok(()) => writeln!(f, "chatctl verify: clean")?,
             Err(output) => writeln!(f, "chatctl verify FAILED:\n{output}")?,
