@@ -147,20 +147,15 @@ impl Outbox {
             tokio::pin!(room);
             // Registered before looking, so that a drain between the look and the wait wakes it.
             room.as_mut().enable();
-            {
-                let mut state = self.state();
-                if state.ending.is_some() {
-                    return false;
+            let queued = self.with_gate(|_, queue| {
+                if queue.ending.is_some() {
+                    return Some(false);
                 }
-                if state.frames.len() < self.0.capacity {
-                    let was_empty = state.frames.is_empty();
-                    state.frames.push_back(frame);
-                    drop(state);
-                    if was_empty {
-                        self.0.ready.notify_one();
-                    }
-                    return true;
-                }
+                let has_room = queue.frames.len() < queue.shared.capacity;
+                has_room.then(|| queue.push(frame.clone()))
+            });
+            if let Some(queued) = queued {
+                return queued;
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 self.close(Ending::TooSlow);

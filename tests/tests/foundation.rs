@@ -172,7 +172,6 @@ async fn wait_positions_equal(a: &PgPool, b: &PgPool) {
 
 #[tokio::test]
 async fn applying_a_batch_twice_changes_nothing() {
-    use projector::sql::{Batch, Positioned};
     let env = TestEnv::new().await;
     let pool = env.pool().await;
     let c = Uuid::new_v4();
@@ -186,36 +185,20 @@ async fn applying_a_batch_twice_changes_nothing() {
         })),
         message(c, "cy", "three"),
     ];
-    let events: Vec<Positioned> = envelopes
-        .into_iter()
-        .enumerate()
-        .map(|(i, envelope)| Positioned {
-            partition: 0,
-            offset: i as i64,
-            envelope,
-        })
-        .collect();
-    let apply = |events: Vec<Positioned>| {
-        let pool = pool.clone();
-        async move {
-            let mut tx = pool.begin().await.unwrap();
-            Batch::new(&events).apply(&mut tx).await.unwrap();
-            tx.commit().await.unwrap();
-        }
-    };
-    apply(events.clone()).await;
+    let events = in_one_partition(envelopes);
+    apply_batch(&pool, &events).await;
     let once = table_digest(&pool, &PROJECTION_TABLES).await;
     assert_eq!(
         once.iter().map(|(_, n, _)| *n).collect::<Vec<_>>(),
         [1, 3, 3, 1, 0]
     );
-    apply(events.clone()).await;
+    apply_batch(&pool, &events).await;
     assert_eq!(
         table_digest(&pool, &PROJECTION_TABLES).await,
         once,
         "the same batch again"
     );
-    apply(events[1..3].to_vec()).await;
+    apply_batch(&pool, &events[1..3]).await;
     assert_eq!(
         table_digest(&pool, &PROJECTION_TABLES).await,
         once,
@@ -233,7 +216,7 @@ async fn applying_a_batch_twice_changes_nothing() {
 /// looks), it leaves the same rows as applying it once.
 #[tokio::test]
 async fn a_batch_of_many_messages_applied_twice_changes_nothing() {
-    use projector::sql::{BULK_MESSAGES, Batch, Positioned};
+    use projector::sql::BULK_MESSAGES;
     let c = Uuid::new_v4();
     let mut envelopes = vec![created(c, &["amy", "bo"])];
     for i in 0..BULK_MESSAGES + 100 {
@@ -243,33 +226,16 @@ async fn a_batch_of_many_messages_applied_twice_changes_nothing() {
             envelopes.push(read(c, "bo"));
         }
     }
-    let events: Vec<Positioned> = envelopes
-        .into_iter()
-        .enumerate()
-        .map(|(i, envelope)| Positioned {
-            partition: 0,
-            offset: i as i64,
-            envelope,
-        })
-        .collect();
-    let apply = |pool: PgPool, events: &[Positioned]| {
-        let events = events.to_vec();
-        async move {
-            let mut tx = pool.begin().await.unwrap();
-            Batch::new(&events).apply(&mut tx).await.unwrap();
-            tx.commit().await.unwrap();
-        }
-    };
-
+    let events = in_one_partition(envelopes);
     let env = TestEnv::new().await;
     let pool = env.pool().await;
-    apply(pool.clone(), &events).await;
+    apply_batch(&pool, &events).await;
     let once = table_digest(&pool, &PROJECTION_TABLES).await;
     assert_eq!(
         once.iter().map(|(_, n, _)| *n).collect::<Vec<_>>(),
         [1, 2, BULK_MESSAGES as i64 + 100, 1, 0]
     );
-    apply(pool.clone(), &events).await;
+    apply_batch(&pool, &events).await;
     assert_eq!(
         table_digest(&pool, &PROJECTION_TABLES).await,
         once,
@@ -278,11 +244,34 @@ async fn a_batch_of_many_messages_applied_twice_changes_nothing() {
 
     let env = TestEnv::new().await;
     let pool = env.pool().await;
-    apply(pool.clone(), &events[..events.len() / 3]).await;
-    apply(pool.clone(), &events).await;
+    apply_batch(&pool, &events[..events.len() / 3]).await;
+    apply_batch(&pool, &events).await;
     assert_eq!(
         table_digest(&pool, &PROJECTION_TABLES).await,
         once,
         "a part of the batch first, then all of it"
     );
+}
+
+/// Events at offsets 0, 1, 2… of partition 0, in the given order.
+fn in_one_partition(envelopes: Vec<Envelope>) -> Vec<projector::sql::Positioned> {
+    envelopes
+        .into_iter()
+        .enumerate()
+        .map(|(i, envelope)| projector::sql::Positioned {
+            partition: 0,
+            offset: i as i64,
+            envelope,
+        })
+        .collect()
+}
+
+/// Folds `events` as one batch, in a transaction of its own.
+async fn apply_batch(pool: &PgPool, events: &[projector::sql::Positioned]) {
+    let mut tx = pool.begin().await.unwrap();
+    projector::sql::Batch::new(events)
+        .apply(&mut tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
 }
