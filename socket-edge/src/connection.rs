@@ -408,7 +408,8 @@ impl Handler {
         }
         .to_json();
         let envelope = Envelope::new(Event::MessageSent(event));
-        match self.edge.writer.append(&envelope).await {
+        let append = self.edge.writer.append(&envelope);
+        match sent.holding(user, conversation, temp, lease, append).await {
             Ok(_) => {
                 if let Err(e) = sent.confirm(user, conversation, temp, &frame, lease).await {
                     tracing::warn!(error = %e, "cannot record a sent tempMessageId");
