@@ -383,47 +383,51 @@ impl Handler {
                 return Err(unavailable("the message cannot be sent now; retry"));
             }
         };
-        if let Err(rejection) = self.check_participant(conversation).await {
-            if let Err(e) = sent.abandon(user, conversation, temp, lease).await {
-                tracing::warn!(error = %e, "cannot release a tempMessageId lease");
+        // From the claim to the append's outcome, the lease is held.
+        let work = async {
+            self.check_participant(conversation).await?;
+            let event = MessageSent {
+                conversation_id: conversation,
+                message_id,
+                sender_id: self.user.clone(),
+                content: send.content.clone(),
+                temp_message_id: temp.clone(),
+                sent_at,
+            };
+            let frame = ServerFrame::NewMessage {
+                message_id,
+                temp_message_id: temp,
+                conversation_id: conversation,
+                sender_id: &self.user,
+                content: &send.content,
+                sent_at,
+                cursor: None,
             }
-            return Err(rejection);
-        }
-        let event = MessageSent {
-            conversation_id: conversation,
-            message_id,
-            sender_id: self.user.clone(),
-            content: send.content.clone(),
-            temp_message_id: temp.clone(),
-            sent_at,
+            .to_json();
+            let envelope = Envelope::new(Event::MessageSent(event));
+            match self.edge.writer.append(&envelope).await {
+                Ok(_) => Ok(frame),
+                Err(e) => {
+                    tracing::warn!(error = %e, "send-message not appended");
+                    Err(unavailable(
+                        "the event log did not acknowledge the message; retry with the same tempMessageId",
+                    ))
+                }
+            }
         };
-        let frame = ServerFrame::NewMessage {
-            message_id,
-            temp_message_id: temp,
-            conversation_id: conversation,
-            sender_id: &self.user,
-            content: &send.content,
-            sent_at,
-            cursor: None,
-        }
-        .to_json();
-        let envelope = Envelope::new(Event::MessageSent(event));
-        let append = self.edge.writer.append(&envelope);
-        match sent.holding(user, conversation, temp, lease, append).await {
-            Ok(_) => {
-                if let Err(e) = sent.confirm(user, conversation, temp, &frame, lease).await {
+        match sent.holding(user, conversation, temp, lease, work).await {
+            Ok(frame) => {
+                if let Err(e) = sent.confirm(user, conversation, temp, &frame).await {
                     tracing::warn!(error = %e, "cannot record a sent tempMessageId");
                 }
                 Ok(())
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "send-message not appended");
+            Err(rejection) => {
+                // Refused by the check, or not appended: a retry may append at once.
                 if let Err(e) = sent.abandon(user, conversation, temp, lease).await {
                     tracing::warn!(error = %e, "cannot release a tempMessageId lease");
                 }
-                Err(unavailable(
-                    "the event log did not acknowledge the message; retry with the same tempMessageId",
-                ))
+                Err(rejection)
             }
         }
     }

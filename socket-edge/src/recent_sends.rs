@@ -11,17 +11,21 @@
 //!   unknown: Kafka may hold the event or not), then `d:<new-message frame>`: a retry gets the
 //!   original frame on its own connection and nothing is appended.
 //! - `P sending:{<userId>}:<conversationId>:<tempMessageId>`: the lease of the attempt appending
-//!   right now. It lapses after [`LEASE`] unless renewed, and the attempt renews it while its
-//!   append runs ([`RecentSends::holding`]). A retry that finds it waits for the outcome; once it
-//!   is released (the append failed) or has lapsed (the edge died: within [`LEASE`], not the
+//!   right now. It lapses after [`LEASE`] unless renewed, and the attempt renews it from its
+//!   claim until its append ends ([`RecentSends::holding`]), but never past the claim plus
+//!   [`writer::LONGEST_APPEND`]. A retry that finds it waits for the outcome; once it is
+//!   released (the append failed) or has lapsed (the edge died: within [`LEASE`], not the
 //!   slowest append), the retry takes over and appends the same message again, same id, same
 //!   `sentAt`. So no retry waits longer than the slowest possible append, and no claim is ever
-//!   stuck. A lease that lapses under a live attempt (an edge starved of CPU for seconds) costs a
-//!   second, identical event of the message, which the derived id makes harmless.
+//!   stuck. A lease that lapses under a live attempt (an edge starved of CPU for seconds, a
+//!   participant check and an append slower than the slowest append) costs a second, identical
+//!   event of the message, which the derived id makes harmless.
 //!
 //! A retry that is waiting knows the first attempt's `sentAt`, and keeps it: if Redis restarts
-//! (empty) or stops answering while it waits, it keeps trying until its patience ends and claims
-//! afresh with that `sentAt`, not its own, so the message is appended again as it first was.
+//! (empty) or stops answering while it waits, it keeps trying for the rest of its patience and
+//! claims afresh with that `sentAt`, not its own, so the message is appended again as it first
+//! was. (An outage longer than the patience ends in `unavailable`, and the client's next retry
+//! proposes its own `sentAt`.)
 //!
 //! The claim also spends the sender's `send-message` budget ([`rate_limit::GCRA_LUA`], the same
 //! rule as every other limit) in the same script: one round trip before the append, one after.
@@ -72,7 +76,6 @@ pub struct RecentSends {
     /// How long a `tempMessageId` is remembered.
     window: Duration,
     claim: std::sync::Arc<Script>,
-    confirm: std::sync::Arc<Script>,
     renew: std::sync::Arc<Script>,
     abandon: std::sync::Arc<Script>,
 }
@@ -81,8 +84,8 @@ pub struct RecentSends {
 /// died mid-append.
 pub const LEASE: Duration = Duration::from_secs(3);
 
-/// How often an attempt in flight renews its lease: three times per lease, so that two lost
-/// renewals still leave it held.
+/// How often an attempt in flight renews its lease: three times per lease, so that a lost
+/// renewal still leaves it held.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest a retry waits for an attempt in flight (which renews its lease for as long as its
@@ -90,9 +93,16 @@ const RENEW_EVERY: Duration = Duration::from_secs(1);
 const IN_FLIGHT_PATIENCE: Duration =
     Duration::from_millis(writer::LONGEST_APPEND.as_millis() as u64 + 1_000);
 
+/// How a wait whose patience ran out while Redis did not answer ends.
+const NO_ANSWER_IN_PATIENCE: (redis::ErrorKind, &str) = (
+    redis::ErrorKind::IoError,
+    "Redis did not answer within the patience of a waiting retry",
+);
+
 /// After [`rate_limit::GCRA_LUA`]. KEYS: record, lease, and the budget when one is spent.
 /// ARGV: proposed sentAt, window ms, lease ms, lease token, then the budget's interval and
-/// tolerance. Returns {"limited", ms} | {"append", sentAt} | {"sent", frame} |
+/// tolerance. A lease found held by the same token is this attempt's own (an answer lost on the
+/// way back, and the call repeated). Returns {"limited", ms} | {"append", sentAt} | {"sent", frame} |
 /// {"wait", the first attempt's sentAt}.
 const CLAIM: &str = r"
 if KEYS[3] then
@@ -106,17 +116,11 @@ if not v then
   return {'append', ARGV[1]}
 end
 if string.sub(v, 1, 2) == 'd:' then return {'sent', string.sub(v, 3)} end
-if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then
+if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3])
+    or redis.call('GET', KEYS[2]) == ARGV[4] then
   return {'append', string.sub(v, 3)}
 end
 return {'wait', string.sub(v, 3)}
-";
-
-/// KEYS: record, lease. ARGV: frame, lease token.
-const CONFIRM: &str = r"
-redis.call('SET', KEYS[1], 'd:' .. ARGV[1], 'XX', 'KEEPTTL')
-if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
-return 1
 ";
 
 /// KEYS: lease. ARGV: lease token, lease ms.
@@ -137,7 +141,6 @@ impl RecentSends {
             redis,
             window,
             claim: std::sync::Arc::new(Script::new(&format!("{}{CLAIM}", rate_limit::GCRA_LUA))),
-            confirm: std::sync::Arc::new(Script::new(CONFIRM)),
             renew: std::sync::Arc::new(Script::new(RENEW)),
             abandon: std::sync::Arc::new(Script::new(ABANDON)),
         }
@@ -171,6 +174,7 @@ impl RecentSends {
         let [interval, tolerance] = budget.rate.script_args();
         // The `sentAt` this attempt proposes: its own, until it learns the first attempt's.
         let mut proposed = now.to_string();
+        let mut learnt = false;
         // The budget is spent by the first call only, not by each wait for an attempt in flight.
         let mut spend = true;
         loop {
@@ -184,9 +188,18 @@ impl RecentSends {
             if spending {
                 call.key(&budget.key).arg(&interval).arg(&tolerance);
             }
-            let answer: RedisResult<(String, String)> = match self.redis.connection().await {
-                Ok(mut redis) => call.invoke_async(&mut redis).await,
-                Err(e) => Err(e),
+            let answer = async {
+                let mut redis = self.redis.connection().await?;
+                call.invoke_async::<(String, String)>(&mut redis).await
+            };
+            // The first call spends the budget, whatever it takes; the waits end with the
+            // patience, however Redis answers.
+            let answer = if spending {
+                answer.await
+            } else {
+                tokio::time::timeout_at(deadline, answer)
+                    .await
+                    .unwrap_or_else(|_| Err(NO_ANSWER_IN_PATIENCE.into()))
             };
             let (verdict, value) = match answer {
                 Ok(answer) => answer,
@@ -214,7 +227,10 @@ impl RecentSends {
                 "sent" => return Ok(Claim::Sent(value)),
                 _ if tokio::time::Instant::now() >= deadline => return Ok(Claim::InFlight),
                 _ => {
-                    proposed = value;
+                    // The first `sentAt` learnt is the first attempt's; keep it.
+                    if !std::mem::replace(&mut learnt, true) {
+                        proposed = value;
+                    }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
@@ -222,74 +238,99 @@ impl RecentSends {
         }
     }
 
-    /// Runs `append` (the attempt holding `lease`) while renewing the lease, so that it stays
-    /// held for as long as the append runs and no longer than [`LEASE`] after its edge dies.
+    /// Runs `work` (the participant check and the append of the attempt holding `lease`, from
+    /// right after its claim) while renewing the lease, so that it stays held for as long as
+    /// the work runs, never past the claim plus [`writer::LONGEST_APPEND`] (the patience of a
+    /// waiting retry), and no longer than [`LEASE`] after its edge dies.
     pub async fn holding<T>(
         &self,
         user: &str,
         conversation: Uuid,
         temp_message_id: &str,
         lease: Lease,
-        append: impl std::future::Future<Output = T>,
+        work: impl std::future::Future<Output = T>,
     ) -> T {
-        tokio::pin!(append);
-        let start = tokio::time::Instant::now() + RENEW_EVERY;
-        let mut renewals = tokio::time::interval_at(start, RENEW_EVERY);
+        let until = tokio::time::Instant::now() + writer::LONGEST_APPEND;
+        tokio::pin!(work);
+        let first = tokio::time::Instant::now() + RENEW_EVERY;
+        let mut renewals = tokio::time::interval_at(first, RENEW_EVERY);
         renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A renewal runs beside the work, never holding its outcome back.
+        let mut renewal: Option<futures_util::future::BoxFuture<'_, ()>> = None;
         loop {
             tokio::select! {
                 biased;
-                outcome = &mut append => return outcome,
-                _ = renewals.tick() => {
-                    let renewal = self.renew(user, conversation, temp_message_id, lease);
-                    // A renewal may not hold the append's outcome back for long.
-                    match tokio::time::timeout(RENEW_EVERY, renewal).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew a send's lease"),
-                        Err(_) => tracing::warn!("renewing a send's lease took too long"),
+                outcome = &mut work => return outcome,
+                () = async { renewal.as_mut().expect("guarded").await }, if renewal.is_some() => {
+                    renewal = None;
+                }
+                _ = renewals.tick(), if renewal.is_none() => {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    if !left.is_zero() {
+                        let renew = self.renew(user, conversation, temp_message_id, lease, left);
+                        renewal = Some(Box::pin(renew));
                     }
                 }
             }
         }
     }
 
+    /// Extends the lease to [`LEASE`] from now, or `left` if shorter; a failure is logged (the
+    /// lease may then lapse under this attempt, at the cost of an identical second event).
     async fn renew(
         &self,
         user: &str,
         conversation: Uuid,
         temp_message_id: &str,
         lease: Lease,
-    ) -> RedisResult<()> {
-        let mut redis = self.redis.connection().await?;
+        left: Duration,
+    ) {
         let [_, lease_key] = self.keys(user, conversation, temp_message_id);
-        self.renew
-            .key(lease_key)
-            .arg(lease.to_string())
-            .arg(LEASE.as_millis() as u64)
-            .invoke_async::<i64>(&mut redis)
-            .await
-            .map(drop)
+        let renewal = async {
+            let mut redis = self.redis.connection().await?;
+            self.renew
+                .key(lease_key)
+                .arg(lease.to_string())
+                .arg(LEASE.min(left).as_millis() as u64)
+                .invoke_async::<i64>(&mut redis)
+                .await
+        };
+        match tokio::time::timeout(RENEW_EVERY, renewal).await {
+            Ok(Ok(1)) => {}
+            Ok(Ok(_)) => {
+                tracing::warn!("a send's lease lapsed while its append ran");
+                metrics::counter!("chat_ws_send_leases_lost_total").increment(1);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew a send's lease"),
+            Err(_) => tracing::warn!("renewing a send's lease took too long"),
+        }
     }
 
-    /// The append succeeded: remember its frame for the rest of the window.
+    /// The append succeeded: remember its frame for the rest of the window. A plain `SET`, not
+    /// a script (Lua was half of Redis's CPU per send): the lease is left to lapse, since a
+    /// claim that finds the frame answers with it whoever holds the lease.
     pub async fn confirm(
         &self,
         user: &str,
         conversation: Uuid,
         temp_message_id: &str,
         frame: &str,
-        lease: Lease,
     ) -> RedisResult<()> {
         let mut redis = self.redis.connection().await?;
-        let [record, lease_key] = self.keys(user, conversation, temp_message_id);
-        self.confirm
-            .key(record)
-            .key(lease_key)
-            .arg(frame)
-            .arg(lease.to_string())
-            .invoke_async::<i64>(&mut redis)
-            .await
-            .map(drop)
+        let [record, _] = self.keys(user, conversation, temp_message_id);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(record)
+            .arg(format!("d:{frame}"))
+            .arg("XX")
+            .arg("KEEPTTL")
+            .query_async(&mut redis)
+            .await?;
+        if set.is_none() {
+            // Redis lost the record (restarted) during the append: a retry will claim afresh.
+            tracing::warn!("the record of a send was gone when its append was confirmed");
+            metrics::counter!("chat_ws_send_records_lost_total").increment(1);
+        }
+        Ok(())
     }
 
     /// The append failed (Kafka may still hold the event): release the lease so that a retry

@@ -1,9 +1,11 @@
 //! The claims of `tempMessageId`s against a Redis of the test's own, which it empties and
 //! restarts: a retry keeps the first attempt's `sentAt` whatever happens to Redis while it
-//! waits, and a dead attempt's lease lapses while a live one's is renewed.
+//! waits, a dead attempt's lease lapses, a live one's is renewed by its holder only, and an
+//! attempt that repeats its own claim is not kept waiting on itself.
 
-use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use events::Timestamp;
@@ -11,27 +13,28 @@ use socket_edge::presence::Redis;
 use socket_edge::recent_sends::{Budget, Claim, LEASE, RecentSends};
 use uuid::Uuid;
 
-/// A `redis-server` (Debian's package) on a port of its own, without persistence, like the
-/// chaos test's: a restart forgets everything.
+/// A `redis-server` (Debian's package) on a Unix socket of its own (no port another test could
+/// take), without persistence, like the chaos test's: a restart forgets everything.
 struct PrivateRedis {
-    port: u16,
+    dir: PathBuf,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
     fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self { port, child: None };
+        let dir = std::env::temp_dir().join(format!("claims-redis-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self { dir, child: None };
         redis.restart();
         redis
     }
 
+    fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis+unix://{}", self.socket().display())
     }
 
     fn stop(&mut self) {
@@ -44,85 +47,119 @@ impl PrivateRedis {
     /// Starts it again, empty, and waits until it answers.
     fn restart(&mut self) {
         self.stop();
+        let _ = std::fs::remove_file(self.socket());
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server (Debian package redis-server)");
         self.child = Some(child);
-        for _ in 0..200 {
-            if let Ok(client) = redis::Client::open(self.url())
-                && let Ok(mut connection) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut connection).is_ok()
-            {
+        for _ in 0..400 {
+            if self.try_command(&["PING"]).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("redis-server does not answer on {}", self.port);
+        panic!(
+            "redis-server does not answer on {}",
+            self.socket().display()
+        );
     }
 
-    fn command(&self, args: &[&str]) -> redis::Value {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut connection = client.get_connection().unwrap();
+    fn try_command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let mut connection = redis::Client::open(self.url())?.get_connection()?;
         let mut command = redis::cmd(args[0]);
         for arg in &args[1..] {
             command.arg(*arg);
         }
-        command.query(&mut connection).unwrap()
+        command.query(&mut connection)
+    }
+
+    fn command(&self, args: &[&str]) -> redis::Value {
+        self.try_command(args).expect("the test's Redis answers")
+    }
+
+    /// How many scripts it has been asked to run: a retry that called once has seen `wait`.
+    fn scripts_run(&self) -> u64 {
+        let redis::Value::BulkString(info) = self.command(&["INFO", "commandstats"]) else {
+            panic!("INFO answers with text");
+        };
+        let info = String::from_utf8(info).unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().unwrap())
+    }
+
+    /// Waits until Redis has run `scripts` scripts in all (a call that found the script not
+    /// loaded yet counts too).
+    async fn until_scripts_run(&self, scripts: u64) {
+        for _ in 0..1_000 {
+            if self.scripts_run() >= scripts {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("Redis ran {} scripts, not {scripts}", self.scripts_run());
     }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 struct Sender {
     sends: RecentSends,
-    user: &'static str,
     conversation: Uuid,
 }
 
+const USER: &str = "alice";
+
 impl Sender {
-    fn new(redis: &PrivateRedis) -> Self {
+    fn new(redis: &PrivateRedis) -> Arc<Self> {
         let redis = Redis::new(&redis.url(), "t:").unwrap();
-        Self {
+        Arc::new(Self {
             sends: RecentSends::new(redis, Duration::from_secs(60)),
-            user: "alice",
             conversation: Uuid::new_v4(),
-        }
+        })
     }
 
-    fn budget(&self) -> Budget {
-        Budget {
+    async fn claim(&self, temp: &str, now: Timestamp, lease: Uuid) -> Claim {
+        let budget = Budget {
             action: "send-message",
-            key: format!("t:limit:{{{}}}", self.user),
+            key: format!("t:limit:{{{USER}}}"),
             rate: rate_limit::Rate {
                 per_minute: 6_000,
                 burst: 100,
             },
-        }
-    }
-
-    async fn claim(&self, temp: &str, now: Timestamp, lease: Uuid) -> Claim {
+        };
         self.sends
-            .claim(
-                self.user,
-                self.conversation,
-                temp,
-                now,
-                lease,
-                &self.budget(),
-            )
+            .claim(USER, self.conversation, temp, now, lease, &budget)
             .await
             .expect("Redis answers")
     }
 
+    /// A retry, claiming in the background with a `sentAt` of its own.
+    fn retry(
+        self: &Arc<Self>,
+        temp: &'static str,
+        now: Timestamp,
+    ) -> tokio::task::JoinHandle<Claim> {
+        let sender = self.clone();
+        tokio::spawn(async move { sender.claim(temp, now, Uuid::new_v4()).await })
+    }
+
+    fn record_key(&self, temp: &str) -> String {
+        format!("t:sent:{{{USER}}}:{}:{temp}", self.conversation)
+    }
+
     fn lease_key(&self, temp: &str) -> String {
-        format!("t:sending:{{{}}}:{}:{temp}", self.user, self.conversation)
+        format!("t:sending:{{{USER}}}:{}:{temp}", self.conversation)
     }
 }
 
@@ -135,22 +172,21 @@ async fn two_instants() -> (Timestamp, Timestamp) {
     (first, second)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_retry_keeps_the_first_sent_at_when_redis_restarts_empty() {
     let mut redis = PrivateRedis::start();
-    let sender = std::sync::Arc::new(Sender::new(&redis));
+    let sender = Sender::new(&redis);
     let (first, later) = two_instants().await;
-    // The first attempt claims, then its edge dies mid-append: its lease stays for a while.
+    // The first attempt claims, then its edge dies mid-append; its lease is made to outlast
+    // anything this test does, so the retry surely waits until Redis dies.
     assert_eq!(
         sender.claim("m1", first, Uuid::new_v4()).await,
         Claim::Append(first)
     );
-    let retry = tokio::spawn({
-        let sender = sender.clone();
-        async move { sender.claim("m1", later, Uuid::new_v4()).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!retry.is_finished(), "the retry waits for the lease");
+    redis.command(&["PEXPIRE", &sender.lease_key("m1"), "600000"]);
+    let before = redis.scripts_run();
+    let retry = sender.retry("m1", later);
+    redis.until_scripts_run(before + 1).await;
     // Redis dies and comes back empty while the retry waits.
     redis.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -160,9 +196,8 @@ async fn a_waiting_retry_keeps_the_first_sent_at_when_redis_restarts_empty() {
         Claim::Append(first),
         "the retry appends with the first attempt's sentAt, not its own"
     );
-    let record = format!("t:sent:{{alice}}:{}:m1", sender.conversation);
     assert_eq!(
-        redis.command(&["GET", &record]),
+        redis.command(&["GET", &sender.record_key("m1")]),
         redis::Value::BulkString(format!("p:{first}").into_bytes())
     );
 }
@@ -170,26 +205,37 @@ async fn a_waiting_retry_keeps_the_first_sent_at_when_redis_restarts_empty() {
 #[tokio::test]
 async fn a_waiting_retry_keeps_the_first_sent_at_when_redis_forgets_the_record() {
     let redis = PrivateRedis::start();
-    let sender = std::sync::Arc::new(Sender::new(&redis));
+    let sender = Sender::new(&redis);
     let (first, later) = two_instants().await;
     assert_eq!(
         sender.claim("m2", first, Uuid::new_v4()).await,
         Claim::Append(first)
     );
-    let retry = tokio::spawn({
-        let sender = sender.clone();
-        async move { sender.claim("m2", later, Uuid::new_v4()).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!retry.is_finished(), "the retry waits for the lease");
+    redis.command(&["PEXPIRE", &sender.lease_key("m2"), "600000"]);
+    let before = redis.scripts_run();
+    let retry = sender.retry("m2", later);
+    redis.until_scripts_run(before + 1).await;
     redis.command(&["FLUSHALL"]);
     assert_eq!(retry.await.unwrap(), Claim::Append(first));
 }
 
 #[tokio::test]
-async fn a_dead_attempts_lease_lapses_and_a_live_ones_is_renewed() {
+async fn an_attempt_repeating_its_own_claim_is_not_kept_waiting() {
     let redis = PrivateRedis::start();
-    let sender = std::sync::Arc::new(Sender::new(&redis));
+    let sender = Sender::new(&redis);
+    let (first, later) = two_instants().await;
+    let lease = Uuid::new_v4();
+    assert_eq!(sender.claim("m3", first, lease).await, Claim::Append(first));
+    // (Held for longer than a retry's patience: waiting on it could only end in InFlight.)
+    redis.command(&["PEXPIRE", &sender.lease_key("m3"), "600000"]);
+    // Its answer lost on the way back, the attempt calls again, with its own lease.
+    assert_eq!(sender.claim("m3", later, lease).await, Claim::Append(first));
+}
+
+#[tokio::test]
+async fn a_dead_attempts_lease_lapses_and_only_its_holder_renews_a_lease() {
+    let redis = PrivateRedis::start();
+    let sender = Sender::new(&redis);
     let (first, later) = two_instants().await;
 
     // Dead: nobody renews the lease, which lapses after LEASE, not after the slowest append.
@@ -207,26 +253,52 @@ async fn a_dead_attempts_lease_lapses_and_a_live_ones_is_renewed() {
         "the retry takes over with the first sentAt"
     );
 
-    // Live: an append that outlasts the lease keeps it, so the retry waits for its outcome.
+    // Renewed by someone else's token: the lease lapses all the same, and a retry takes over
+    // while that "append" still runs.
+    assert_eq!(
+        sender.claim("stranger", first, Uuid::new_v4()).await,
+        Claim::Append(first)
+    );
+    let retry = sender.retry("stranger", later);
+    let outlasting = tokio::time::sleep(LEASE + Duration::from_millis(1_500));
+    let stranger = Uuid::new_v4();
+    let renewing =
+        sender
+            .sends
+            .holding(USER, sender.conversation, "stranger", stranger, outlasting);
+    tokio::select! {
+        () = renewing => panic!("a lease renewed by another token did not lapse"),
+        claim = retry => assert_eq!(claim.unwrap(), Claim::Append(first)),
+    }
+}
+
+#[tokio::test]
+async fn a_live_attempts_lease_is_renewed_and_its_record_answers_retries() {
+    let redis = PrivateRedis::start();
+    let sender = Sender::new(&redis);
+    let (first, later) = two_instants().await;
+    // An append that outlasts the lease keeps it, so the retry waits for its outcome.
     let lease = Uuid::new_v4();
     assert_eq!(
         sender.claim("live", first, lease).await,
         Claim::Append(first)
     );
-    let retry = tokio::spawn({
-        let sender = sender.clone();
-        async move { sender.claim("live", later, Uuid::new_v4()).await }
-    });
+    let retry = sender.retry("live", later);
     let slow_append = tokio::time::sleep(LEASE + Duration::from_millis(1_500));
     sender
         .sends
-        .holding("alice", sender.conversation, "live", lease, slow_append)
+        .holding(USER, sender.conversation, "live", lease, slow_append)
         .await;
     assert!(!retry.is_finished(), "the renewed lease still holds");
     sender
         .sends
-        .confirm("alice", sender.conversation, "live", "the frame", lease)
+        .confirm(USER, sender.conversation, "live", "the frame")
         .await
         .unwrap();
     assert_eq!(retry.await.unwrap(), Claim::Sent("the frame".into()));
+    // The lease is left to lapse; the record answers every retry meanwhile and after.
+    assert_eq!(
+        sender.claim("live", later, Uuid::new_v4()).await,
+        Claim::Sent("the frame".into())
+    );
 }
