@@ -5,7 +5,10 @@
 //! - A message appended twice (a retried send) is delivered once per connection: the edge
 //!   remembers the first delivery of the last [`FIRST_DELIVERIES_REMEMBERED`] message ids, and a
 //!   later event of one of them goes only to connections that joined since (a sender who
-//!   reconnected to retry gets its echo), with the first event's `sentAt`.
+//!   reconnected to retry gets its echo), with the first event's `sentAt`. A starting edge
+//!   learns them from the log's last records before its start, which it reads without
+//!   delivering them ([`LogTail::run`]): a retry that reaches it after Redis lost the send's
+//!   record still echoes the first `sentAt`, the one the projection keeps.
 //! - Events are delivered one at a time in log order. A failed participant look-up is retried
 //!   with backoff, holding the event (and those behind it) for up to [`LOOKUP_PATIENCE`]; if the
 //!   database stays away, every connection held here is closed (1011), so that clients
@@ -274,9 +277,10 @@ impl HeldConnections {
 
 /// Message ids whose first delivery this edge remembers. Each costs about 80 bytes (id, the
 /// join count, `sentAt`, map and queue slots): 262,144 of them ≈ 21 MB, i.e. every message of
-/// the last 4 minutes at 1,000 messages/s. A retry that appends a message again later than that
-/// (its Redis record is kept for the dedupe window, so only after Redis lost it) may reach a
-/// connection a second time, with the same `messageId`.
+/// the last 4 minutes at 1,000 messages/s; a starting edge fills it from as many records before
+/// its start. A retry that appends a message again later than that (its Redis record is kept
+/// for the dedupe window, so only after Redis lost it) may reach a connection a second time,
+/// with the same `messageId`.
 pub const FIRST_DELIVERIES_REMEMBERED: usize = 1 << 18;
 
 /// The first delivery of each recent message id, oldest first out.
@@ -321,7 +325,8 @@ impl FirstDeliveries {
 pub struct LogTail {
     consumer: Arc<StreamConsumer>,
     topic: String,
-    /// Set once every partition has a fixed start position: from then on nothing is missed.
+    /// Set once every partition has a fixed start position (from then on nothing is missed)
+    /// and the records before it were read back (or [`LEARNING_PATIENCE`] ran out).
     positioned: Arc<AtomicBool>,
 }
 
@@ -349,12 +354,15 @@ impl LogTail {
         self.positioned.clone()
     }
 
-    /// Starts every partition at its current end; retried until Kafka answers.
+    /// Positions every partition: what was before its current end is read back (up to a share
+    /// of [`FIRST_DELIVERIES_REMEMBERED`]) and learnt from, not delivered; deliveries start at
+    /// the end. Retried until Kafka answers. Returns each partition's end, and whether it has
+    /// records before it to read back.
     async fn position(
         &self,
         held: &HeldConnections,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<Vec<i64>> {
+    ) -> Option<(Vec<i64>, Vec<bool>)> {
         loop {
             let consumer = self.consumer.clone();
             let topic = self.topic.clone();
@@ -362,11 +370,10 @@ impl LogTail {
                 .await
                 .unwrap_or_else(|e| Err(format!("positioning task failed: {e}")));
             match attempt {
-                Ok(next) => {
+                Ok((next, learning)) => {
                     tracing::info!(topic = %self.topic, partitions = next.len(), "consuming the log from its end");
                     held.start_at(&next);
-                    self.positioned.store(true, Ordering::Release);
-                    return Some(next);
+                    return Some((next, learning));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, topic = %self.topic, "cannot position on the log yet; retrying")
@@ -386,15 +393,25 @@ impl LogTail {
         held: Arc<HeldConnections>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let Some(mut next) = self.position(&held, &mut shutdown).await else {
+        let Some((mut next, mut learning)) = self.position(&held, &mut shutdown).await else {
             return;
         };
+        // Records before these were in the log before this edge: learnt from, not delivered.
+        let start_ends = next.clone();
+        self.learnt(&mut learning, None);
+        let learning_patience = tokio::time::sleep(LEARNING_PATIENCE);
+        tokio::pin!(learning_patience);
         let tag = crate::cursor::topic_tag(&self.topic);
         let mut first = FirstDeliveries::new(FIRST_DELIVERIES_REMEMBERED);
         loop {
             let record = tokio::select! {
                 record = self.consumer.recv() => record,
                 _ = crate::stopping(&mut shutdown) => return,
+                () = &mut learning_patience, if !self.positioned.load(Ordering::Relaxed) => {
+                    tracing::warn!(?learning, "the log before this edge's start was not read back in time; ready anyway");
+                    self.positioned.store(true, Ordering::Release);
+                    continue;
+                }
             };
             match record {
                 Ok(record) => {
@@ -402,6 +419,16 @@ impl LogTail {
                     let Some(position) = next.get_mut(partition) else {
                         continue;
                     };
+                    if offset < start_ends[partition] {
+                        learn(&record, &mut first);
+                        if offset + 1 >= start_ends[partition] {
+                            self.learnt(&mut learning, Some(partition));
+                        }
+                        continue;
+                    }
+                    if learning[partition] {
+                        self.learnt(&mut learning, Some(partition));
+                    }
                     *position = offset + 1;
                     let at = At {
                         partition,
@@ -433,7 +460,38 @@ impl LogTail {
     }
 }
 
-fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i64>, String> {
+/// Longest a starting edge reads back the log before its start before it says it is ready
+/// anyway (a partition whose last record before the end never comes, say).
+const LEARNING_PATIENCE: Duration = Duration::from_secs(30);
+
+impl LogTail {
+    /// `partition` (if any) has been read back to its end at start-up; once every partition
+    /// has, the edge is ready.
+    fn learnt(&self, learning: &mut [bool], partition: Option<usize>) {
+        if let Some(partition) = partition {
+            learning[partition] = false;
+        }
+        if learning.iter().all(|l| !l) && !self.positioned.swap(true, Ordering::AcqRel) {
+            tracing::info!("read back the log before this edge's start");
+        }
+    }
+}
+
+/// A record from before the edge's start: the first `sentAt` of a message, to repeat it with.
+/// No connection of this edge has had it (no joins yet).
+fn learn(record: &rdkafka::message::BorrowedMessage<'_>, first: &mut FirstDeliveries) {
+    if let Some(Ok(Envelope {
+        event: Event::MessageSent(m),
+        ..
+    })) = record.payload().map(Envelope::decode)
+    {
+        first.remember(m.message_id, 0, m.sent_at);
+    }
+}
+
+/// Assigns every partition from a share of [`FIRST_DELIVERIES_REMEMBERED`] before its end;
+/// returns each end and whether there is anything before it to read back.
+fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<(Vec<i64>, Vec<bool>), String> {
     let timeout = Duration::from_secs(5);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
@@ -452,19 +510,25 @@ fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i64>, Str
         return Err(format!("topic {topic} reports partitions {partitions:?}"));
     }
     let mut next = Vec::with_capacity(partitions.len());
+    let mut learning = Vec::with_capacity(partitions.len());
     let mut assignment = TopicPartitionList::new();
+    // Each partition's share of what is remembered, read back from before the end.
+    let learnt = (FIRST_DELIVERIES_REMEMBERED / partitions.len()) as i64;
     for &partition in &partitions {
-        // An explicit offset, not `Offset::End`: "the end" is fixed now, before we say ready.
-        let (_, high) = consumer
+        // An explicit end, not `Offset::End`: "the end" is fixed now, before we say ready.
+        let (low, high) = consumer
             .fetch_watermarks(topic, partition, timeout)
             .map_err(|e| e.to_string())?;
+        // (The log is kept forever, so `low` does not move on before the first fetch.)
+        let start = (high - learnt).max(low);
         assignment
-            .add_partition_offset(topic, partition, Offset::Offset(high))
+            .add_partition_offset(topic, partition, Offset::Offset(start))
             .map_err(|e| e.to_string())?;
         next.push(high);
+        learning.push(start < high);
     }
     consumer.assign(&assignment).map_err(|e| e.to_string())?;
-    Ok(next)
+    Ok((next, learning))
 }
 
 /// Where an event stands in the log.

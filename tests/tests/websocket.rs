@@ -823,6 +823,61 @@ async fn a_retry_after_an_unknown_outcome_is_still_one_message() {
     asyncapi::assert_log_conforms(&env);
 }
 
+/// An edge started after a message's first event learns that event's `sentAt` from the log
+/// (it reads the log's last records back at start-up, delivering none of them): a retry that
+/// reaches it after Redis lost the send's record echoes the first `sentAt`, the one history
+/// keeps, and so does the repeat to the other participant's connection there.
+#[tokio::test]
+async fn a_retry_on_an_edge_started_after_the_first_event_echoes_its_sent_at() {
+    let env = TestEnv::new().await;
+    let _projector = env.spawn_projector().await;
+    let first_edge = env.spawn_edge().await;
+    let id = projected_conversation(&env, &["alice", "bob"]).await;
+    let mut redis = redis(&env).await;
+    let record = format!("{}sent:{{alice}}:{id}:u1", env.redis_prefix);
+
+    let mut alice = client(&env, &first_edge, "alice").await;
+    alice.send_message(id, "first", "u1").await;
+    let original = alice.next().await;
+    // Redis loses the record once it is written (the echo can precede it).
+    eventually_every(
+        Duration::from_millis(10),
+        "the record confirmed",
+        PATIENCE,
+        async || {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(&record)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            value.is_some_and(|v| v.starts_with("d:"))
+        },
+    )
+    .await;
+    let _: () = redis::cmd("DEL")
+        .arg(&record)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // A later sleep makes the retry's own sentAt differ from the first.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let later_edge = env.spawn_edge().await;
+    let mut bob = client(&env, &later_edge, "bob").await;
+    let mut again = client(&env, &later_edge, "alice").await;
+    again.send_message(id, "first", "u1").await;
+    let same = |frame: &Value| {
+        (
+            frame["messageId"].clone(),
+            frame["sentAt"].clone(),
+            frame["content"].clone(),
+        )
+    };
+    assert_eq!(same(&again.next().await), same(&original), "the echo");
+    assert_eq!(same(&bob.next().await), same(&original), "the repeat");
+    alice.expect_silence(Duration::from_millis(300)).await;
+}
+
 /// A participant look-up that fails (a database blip) is retried with backoff, and the
 /// deliveries come late but in order; when the database stays away past the patience, the
 /// connections are closed (1011) instead of being left believing they missed nothing.
