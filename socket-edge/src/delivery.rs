@@ -277,11 +277,17 @@ impl HeldConnections {
 
 /// Message ids whose first delivery this edge remembers. Each costs about 80 bytes (id, the
 /// join count, `sentAt`, map and queue slots): 262,144 of them ≈ 21 MB, i.e. every message of
-/// the last 4 minutes at 1,000 messages/s; a starting edge fills it from as many records before
-/// its start. A retry that appends a message again later than that (its Redis record is kept
+/// the last 4 minutes at 1,000 messages/s; a starting edge fills it from the [`READ_BACK`]
+/// records before its start. A retry that appends a message again later than that (its Redis record is kept
 /// for the dedupe window, so only after Redis lost it) may reach a connection a second time,
 /// with the same `messageId`.
 pub const FIRST_DELIVERIES_REMEMBERED: usize = 1 << 18;
+
+/// How many records before its start a starting edge reads back (shared among the partitions):
+/// every message of the last minute at 1,000 messages/s, and at most ~430 MB even if every one
+/// is as large as a message can be (~6.5 KB), about 3 s at the 130 MB/s measured here. Fewer
+/// than it can remember, so that a flood of large messages cannot hold a starting edge for long.
+pub const READ_BACK: usize = 1 << 16;
 
 /// The first delivery of each recent message id, oldest first out.
 pub struct FirstDeliveries {
@@ -364,7 +370,7 @@ impl LogTail {
     }
 
     /// Positions every partition: what was before its current end is read back (up to a share
-    /// of [`FIRST_DELIVERIES_REMEMBERED`]) and learnt from, not delivered; deliveries start at
+    /// of [`READ_BACK`]) and learnt from, not delivered; deliveries start at
     /// the end. Retried until Kafka answers. Returns each partition's end, and whether it has
     /// records before it to read back.
     async fn position(
@@ -498,7 +504,7 @@ fn learn(record: &rdkafka::message::BorrowedMessage<'_>, first: &mut FirstDelive
     }
 }
 
-/// Assigns every partition from a share of [`FIRST_DELIVERIES_REMEMBERED`] before its end;
+/// Assigns every partition from its share of [`READ_BACK`] before its end;
 /// returns each end and whether there is anything before it to read back.
 fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<(Vec<i64>, Vec<bool>), String> {
     let timeout = Duration::from_secs(5);
@@ -522,7 +528,7 @@ fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<(Vec<i64>, Ve
     let mut learning = Vec::with_capacity(partitions.len());
     let mut assignment = TopicPartitionList::new();
     // Each partition's share of what is remembered, read back from before the end.
-    let learnt = (FIRST_DELIVERIES_REMEMBERED / partitions.len()) as i64;
+    let learnt = (READ_BACK / partitions.len()) as i64;
     for &partition in &partitions {
         // An explicit end, not `Offset::End`: "the end" is fixed now, before we say ready.
         let (low, high) = consumer
