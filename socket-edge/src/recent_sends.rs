@@ -14,12 +14,13 @@
 //!   right now. It lapses after [`LEASE`] unless renewed, and the attempt renews it from its
 //!   claim until its append ends ([`RecentSends::holding`]), but never past the claim plus
 //!   [`writer::LONGEST_APPEND`]. A retry that finds it waits for the outcome; once it is
-//!   released (the append failed) or has lapsed (the edge died: within [`LEASE`], not the
-//!   slowest append), the retry takes over and appends the same message again, same id, same
+//!   released (the participant check refused the send, or the append failed) or has lapsed (the
+//!   edge died: within [`LEASE`], not the slowest append), the retry takes over and appends the same message again, same id, same
 //!   `sentAt`. So no retry waits longer than the slowest possible append, and no claim is ever
 //!   stuck. A lease that lapses under a live attempt (an edge starved of CPU for seconds, a
 //!   participant check and an append slower than the slowest append) costs a second, identical
-//!   event of the message, which the derived id makes harmless.
+//!   event of the message, which the derived id makes harmless. After a success the lease is
+//!   left to lapse: the `d:` record answers every claim before the lease is looked at.
 //!
 //! A retry that is waiting knows the first attempt's `sentAt`, and keeps it: if Redis restarts
 //! (empty) or stops answering while it waits, it keeps trying for the rest of its patience and
