@@ -278,9 +278,9 @@ impl HeldConnections {
 /// Message ids whose first delivery this edge remembers. Each costs about 80 bytes (id, the
 /// join count, `sentAt`, map and queue slots): 262,144 of them ≈ 21 MB, i.e. every message of
 /// the last 4 minutes at 1,000 messages/s; a starting edge fills it from the [`READ_BACK`]
-/// records before its start. A retry that appends a message again later than that (its Redis record is kept
-/// for the dedupe window, so only after Redis lost it) may reach a connection a second time,
-/// with the same `messageId`.
+/// records before its start. A retry that appends a message again later than that (its Redis
+/// record is kept for the dedupe window, so only after Redis lost it) may reach a connection a
+/// second time, with the same `messageId`.
 pub const FIRST_DELIVERIES_REMEMBERED: usize = 1 << 18;
 
 /// How many records before its start a starting edge reads back (shared among the partitions):
@@ -413,7 +413,7 @@ impl LogTail {
         };
         // Records before these were in the log before this edge: learnt from, not delivered.
         let start_ends = next.clone();
-        self.learnt(&mut learning, None);
+        self.ready_once_read_back(&learning);
         let learning_patience = tokio::time::sleep(LEARNING_PATIENCE);
         tokio::pin!(learning_patience);
         let tag = crate::cursor::topic_tag(&self.topic);
@@ -434,15 +434,14 @@ impl LogTail {
                     let Some(position) = next.get_mut(partition) else {
                         continue;
                     };
+                    // Read back once its last record before the start (or a later one) came.
+                    if learning[partition] && offset + 1 >= start_ends[partition] {
+                        learning[partition] = false;
+                        self.ready_once_read_back(&learning);
+                    }
                     if offset < start_ends[partition] {
                         learn(&record, &mut first);
-                        if offset + 1 >= start_ends[partition] {
-                            self.learnt(&mut learning, Some(partition));
-                        }
                         continue;
-                    }
-                    if learning[partition] {
-                        self.learnt(&mut learning, Some(partition));
                     }
                     *position = offset + 1;
                     let at = At {
@@ -480,12 +479,8 @@ impl LogTail {
 const LEARNING_PATIENCE: Duration = Duration::from_secs(30);
 
 impl LogTail {
-    /// `partition` (if any) has been read back to its end at start-up; once every partition
-    /// has, the edge is ready.
-    fn learnt(&self, learning: &mut [bool], partition: Option<usize>) {
-        if let Some(partition) = partition {
-            learning[partition] = false;
-        }
+    /// Once no partition is still being read back, the edge is ready.
+    fn ready_once_read_back(&self, learning: &[bool]) {
         if learning.iter().all(|l| !l) && !self.positioned.swap(true, Ordering::AcqRel) {
             tracing::info!("read back the log before this edge's start");
         }

@@ -15,8 +15,8 @@
 //!   claim until its append ends ([`RecentSends::holding`]), but never past the claim plus
 //!   [`writer::LONGEST_APPEND`]. A retry that finds it waits for the outcome; once it is
 //!   released (the participant check refused the send, or the append failed) or has lapsed (the
-//!   edge died: within [`LEASE`], not the slowest append), the retry takes over and appends the same message again, same id, same
-//!   `sentAt`. So no retry waits longer than the slowest possible append, and no claim is ever
+//!   edge died: within [`LEASE`], not the slowest append), the retry takes over and appends the
+//!   same message again, same id, same `sentAt`. So no retry waits longer than the slowest possible append, and no claim is ever
 //!   stuck. A lease that lapses under a live attempt (an edge starved of CPU for seconds, a
 //!   participant check and an append slower than the slowest append) costs a second, identical
 //!   event of the message, which the derived id makes harmless. After a success the lease is
@@ -147,12 +147,10 @@ impl RecentSends {
         }
     }
 
-    fn keys(&self, user: &str, conversation: Uuid, temp_message_id: &str) -> [String; 2] {
+    /// The key of a send's record (`kind` "sent") or lease ("sending").
+    fn key(&self, kind: &str, user: &str, conversation: Uuid, temp_message_id: &str) -> String {
         let prefix = &self.redis.prefix;
-        [
-            format!("{prefix}sent:{{{user}}}:{conversation}:{temp_message_id}"),
-            format!("{prefix}sending:{{{user}}}:{conversation}:{temp_message_id}"),
-        ]
+        format!("{prefix}{kind}:{{{user}}}:{conversation}:{temp_message_id}")
     }
 
     /// Claims the send of a `tempMessageId` for the attempt holding `lease`, having spent one
@@ -166,7 +164,8 @@ impl RecentSends {
         lease: Lease,
         budget: &Budget,
     ) -> RedisResult<Claim> {
-        let [record, lease_key] = self.keys(user, conversation, temp_message_id);
+        let record = self.key("sent", user, conversation, temp_message_id);
+        let lease_key = self.key("sending", user, conversation, temp_message_id);
         // A retry that finds an attempt in flight waits for its outcome (its echo from the log
         // can reach the client before the confirmation reaches Redis), at most as long as an
         // append can take: then the lease has lapsed and this attempt takes over.
@@ -175,7 +174,6 @@ impl RecentSends {
         let [interval, tolerance] = budget.rate.script_args();
         // The `sentAt` this attempt proposes: its own, until it learns the first attempt's.
         let mut proposed = now.to_string();
-        let mut learnt = false;
         // The budget is spent by the first call only, not by each wait for an attempt in flight.
         let mut spend = true;
         loop {
@@ -228,8 +226,9 @@ impl RecentSends {
                 "sent" => return Ok(Claim::Sent(value)),
                 _ if tokio::time::Instant::now() >= deadline => return Ok(Claim::InFlight),
                 _ => {
-                    // The first `sentAt` learnt is the first attempt's; keep it.
-                    if !std::mem::replace(&mut learnt, true) {
+                    // The first `sentAt` learnt (on the first call's wait) is the first
+                    // attempt's; keep it.
+                    if spending {
                         proposed = value;
                     }
                     tokio::time::sleep(pause).await;
@@ -286,7 +285,7 @@ impl RecentSends {
         lease: Lease,
         left: Duration,
     ) {
-        let [_, lease_key] = self.keys(user, conversation, temp_message_id);
+        let lease_key = self.key("sending", user, conversation, temp_message_id);
         let renewal = async {
             let mut redis = self.redis.connection().await?;
             self.renew
@@ -318,7 +317,7 @@ impl RecentSends {
         frame: &str,
     ) -> RedisResult<()> {
         let mut redis = self.redis.connection().await?;
-        let [record, _] = self.keys(user, conversation, temp_message_id);
+        let record = self.key("sent", user, conversation, temp_message_id);
         let set: Option<String> = redis::cmd("SET")
             .arg(record)
             .arg(format!("d:{frame}"))
@@ -344,7 +343,7 @@ impl RecentSends {
         lease: Lease,
     ) -> RedisResult<()> {
         let mut redis = self.redis.connection().await?;
-        let [_, lease_key] = self.keys(user, conversation, temp_message_id);
+        let lease_key = self.key("sending", user, conversation, temp_message_id);
         self.abandon
             .key(lease_key)
             .arg(lease.to_string())

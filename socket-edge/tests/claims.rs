@@ -172,21 +172,31 @@ async fn two_instants() -> (Timestamp, Timestamp) {
     (first, second)
 }
 
+/// The first attempt of `temp` claims, then its edge dies mid-append; its lease is made to
+/// outlast anything a test does. Returns its `sentAt` and a retry that has called once, so is
+/// waiting.
+async fn a_retry_waiting_on_a_dead_attempt(
+    redis: &PrivateRedis,
+    sender: &Arc<Sender>,
+    temp: &'static str,
+) -> (Timestamp, tokio::task::JoinHandle<Claim>) {
+    let (first, later) = two_instants().await;
+    assert_eq!(
+        sender.claim(temp, first, Uuid::new_v4()).await,
+        Claim::Append(first)
+    );
+    redis.command(&["PEXPIRE", &sender.lease_key(temp), "600000"]);
+    let before = redis.scripts_run();
+    let retry = sender.retry(temp, later);
+    redis.until_scripts_run(before + 1).await;
+    (first, retry)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_retry_keeps_the_first_sent_at_when_redis_restarts_empty() {
     let mut redis = PrivateRedis::start();
     let sender = Sender::new(&redis);
-    let (first, later) = two_instants().await;
-    // The first attempt claims, then its edge dies mid-append; its lease is made to outlast
-    // anything this test does, so the retry surely waits until Redis dies.
-    assert_eq!(
-        sender.claim("m1", first, Uuid::new_v4()).await,
-        Claim::Append(first)
-    );
-    redis.command(&["PEXPIRE", &sender.lease_key("m1"), "600000"]);
-    let before = redis.scripts_run();
-    let retry = sender.retry("m1", later);
-    redis.until_scripts_run(before + 1).await;
+    let (first, retry) = a_retry_waiting_on_a_dead_attempt(&redis, &sender, "m1").await;
     // Redis dies and comes back empty while the retry waits.
     redis.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -206,15 +216,7 @@ async fn a_waiting_retry_keeps_the_first_sent_at_when_redis_restarts_empty() {
 async fn a_waiting_retry_keeps_the_first_sent_at_when_redis_forgets_the_record() {
     let redis = PrivateRedis::start();
     let sender = Sender::new(&redis);
-    let (first, later) = two_instants().await;
-    assert_eq!(
-        sender.claim("m2", first, Uuid::new_v4()).await,
-        Claim::Append(first)
-    );
-    redis.command(&["PEXPIRE", &sender.lease_key("m2"), "600000"]);
-    let before = redis.scripts_run();
-    let retry = sender.retry("m2", later);
-    redis.until_scripts_run(before + 1).await;
+    let (first, retry) = a_retry_waiting_on_a_dead_attempt(&redis, &sender, "m2").await;
     redis.command(&["FLUSHALL"]);
     assert_eq!(retry.await.unwrap(), Claim::Append(first));
 }

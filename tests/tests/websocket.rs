@@ -733,6 +733,24 @@ async fn a_kafka_restart_fails_sends_with_an_error_and_loses_no_acknowledged_mes
     .await;
 }
 
+/// Waits until the edge has written the send's record as sent (`d:`): an echo can precede it.
+async fn until_confirmed(redis: &mut redis::aio::MultiplexedConnection, record: &str) {
+    eventually_every(
+        Duration::from_millis(10),
+        "the record confirmed",
+        PATIENCE,
+        async || {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(record)
+                .query_async(redis)
+                .await
+                .unwrap();
+            value.is_some_and(|v| v.starts_with("d:"))
+        },
+    )
+    .await;
+}
+
 /// The `messageId` of a send is named by (sender, conversation, tempMessageId): a retry after
 /// an unknown outcome (the edge died between Kafka's acknowledgement and Redis's record, or
 /// Redis lost the record) appends the same message again, and it is still one message
@@ -760,16 +778,7 @@ async fn a_retry_after_an_unknown_outcome_is_still_one_message() {
     // still says "in flight" and no lease is held. The client reconnects and retries.
     let sent_at = original["sentAt"].as_str().unwrap().to_owned();
     // (The echo can precede the record's confirmation: wait for it, then undo it.)
-    let poll = Duration::from_millis(10);
-    eventually_every(poll, "the record confirmed", PATIENCE, async || {
-        let value: Option<String> = redis::cmd("GET")
-            .arg(record("u1"))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        value.is_some_and(|v| v.starts_with("d:"))
-    })
-    .await;
+    until_confirmed(&mut redis, &record("u1")).await;
     let _: () = redis::cmd("SET")
         .arg(record("u1"))
         .arg(format!("p:{sent_at}"))
@@ -840,20 +849,7 @@ async fn a_retry_on_an_edge_started_after_the_first_event_echoes_its_sent_at() {
     alice.send_message(id, "first", "u1").await;
     let original = alice.next().await;
     // Redis loses the record once it is written (the echo can precede it).
-    eventually_every(
-        Duration::from_millis(10),
-        "the record confirmed",
-        PATIENCE,
-        async || {
-            let value: Option<String> = redis::cmd("GET")
-                .arg(&record)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            value.is_some_and(|v| v.starts_with("d:"))
-        },
-    )
-    .await;
+    until_confirmed(&mut redis, &record).await;
     let _: () = redis::cmd("DEL")
         .arg(&record)
         .query_async(&mut redis)
