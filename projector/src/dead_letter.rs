@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use writer::KafkaArgs;
 
 use crate::Record;
@@ -55,18 +55,20 @@ impl DeadLetter {
 
 /// Sends records to the dead-letter topic of an event topic.
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: writer::Producer,
     source_topic: String,
     topic: String,
 }
 
 impl DeadLetters {
+    /// Must be called within the Tokio runtime that serves the producer's acknowledgements.
     pub fn new(kafka: &KafkaArgs) -> Result<Self, rdkafka::error::KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()?;
+        let producer = writer::Producer::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", &kafka.brokers)
+                .set("enable.idempotence", "true")
+                .set("acks", "all"),
+        )?;
         Ok(Self {
             producer,
             source_topic: kafka.topic.clone(),
@@ -111,7 +113,7 @@ impl DeadLetters {
         self.producer
             .send(out, Duration::from_secs(10))
             .await
-            .map_err(|(e, _)| {
+            .map_err(|e| {
                 anyhow::anyhow!("dead-letter topic {} refused a record: {e}", self.topic)
             })?;
         metrics::counter!("chat_events_dead_lettered_total").increment(1);

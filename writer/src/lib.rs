@@ -10,16 +10,18 @@
 //! refusal never turns into a late, unacknowledged record.
 
 pub mod admin;
+pub mod producer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use events::Envelope;
+use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::producer::FutureRecord;
+
+pub use producer::Producer;
 
 /// The development broker of `scripts/stack`: the one default every binary, bench and test uses.
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -76,29 +78,6 @@ pub enum AppendError {
     },
 }
 
-/// What the writer knows of its connection to Kafka.
-#[derive(Default)]
-struct Connectivity {
-    /// librdkafka reported every broker down, and Kafka has not answered since.
-    down: AtomicBool,
-    /// An append is asking Kafka whether it is back (one at a time).
-    probing: AtomicBool,
-}
-
-/// Hears librdkafka's error reports: "all brokers down" marks the log unreachable.
-struct WriterContext {
-    connectivity: Arc<Connectivity>,
-}
-
-impl ClientContext for WriterContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.connectivity.down.store(true, Ordering::Release);
-        }
-        tracing::error!("librdkafka: {error}: {reason}");
-    }
-}
-
 /// How long Kafka has to acknowledge a record once it is queued (librdkafka's
 /// `message.timeout.ms`, retries included).
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,8 +102,9 @@ pub const LONGEST_APPEND: Duration = Duration::from_millis(
 /// Appends events to the log.
 #[derive(Clone)]
 pub struct Writer {
-    producer: FutureProducer<WriterContext>,
-    connectivity: Arc<Connectivity>,
+    producer: Producer,
+    /// An append is asking Kafka whether it is back (one at a time).
+    probing: Arc<AtomicBool>,
     topic: String,
     /// How long a record may wait for Kafka before the append fails (and the client hears so).
     delivery_timeout: Duration,
@@ -132,11 +112,12 @@ pub struct Writer {
 
 impl Writer {
     /// A writer for `args.topic`. Connecting is lazy: an unreachable broker surfaces as append
-    /// errors and as not-ready, never as a crash.
+    /// errors and as not-ready, never as a crash. Must be created within the Tokio runtime
+    /// that serves its acknowledgements (it must outlive the writer).
     pub fn new(args: &KafkaArgs) -> Result<Self, KafkaError> {
         let delivery_timeout = DELIVERY_TIMEOUT;
-        let connectivity = Arc::new(Connectivity::default());
-        let producer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &args.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -152,13 +133,10 @@ impl Writer {
             .set("partitioner", "murmur2_random")
             // Reconnect within a second of a broker's return (librdkafka's default backs off to
             // 10 s), so an outage ends for our clients when it ends for Kafka.
-            .set("reconnect.backoff.max.ms", "1000")
-            .create_with_context(WriterContext {
-                connectivity: connectivity.clone(),
-            })?;
+            .set("reconnect.backoff.max.ms", "1000");
         Ok(Self {
-            producer,
-            connectivity,
+            producer: Producer::new(&config)?,
+            probing: Arc::default(),
             topic: args.topic.clone(),
             delivery_timeout,
         })
@@ -179,28 +157,26 @@ impl Writer {
         }
         let key = envelope.key();
         let value = envelope.encode();
-        if self.connectivity.down.load(Ordering::Acquire) && !self.probe().await {
+        if self.producer.brokers_down() && !self.probe().await {
             metrics::counter!("chat_append_failures_total", "type" => type_name).increment(1);
             return Err(AppendError::Unreachable { type_name });
         }
         let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
         let started = Instant::now();
-        let send = self.producer.send(record, Timeout::After(QUEUE_TIMEOUT));
         // librdkafka times the record out first; this bound holds whatever it does.
-        let outcome = tokio::time::timeout(LONGEST_APPEND - PROBE_TIMEOUT, send)
-            .await
-            .map(|sent| sent.map_err(|(e, _)| e))
-            .unwrap_or(Err(KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageTimedOut,
-            )));
+        let outcome = tokio::time::timeout(
+            LONGEST_APPEND - PROBE_TIMEOUT,
+            self.producer.send(record, QUEUE_TIMEOUT),
+        )
+        .await
+        .unwrap_or(Err(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut,
+        )));
         metrics::histogram!("chat_append_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(delivery) => {
+            Ok(position) => {
                 metrics::counter!("chat_events_appended_total", "type" => type_name).increment(1);
-                Ok(Position {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                })
+                Ok(position)
             }
             Err(source) => {
                 metrics::counter!("chat_append_failures_total", "type" => type_name).increment(1);
@@ -217,11 +193,11 @@ impl Writer {
     /// While Kafka is marked down: whether it answers now (then the mark is cleared). Only one
     /// append asks at a time; the others are refused meanwhile.
     async fn probe(&self) -> bool {
-        if self.connectivity.probing.swap(true, Ordering::AcqRel) {
+        if self.probing.swap(true, Ordering::AcqRel) {
             return false;
         }
         let reachable = self.answers_metadata(PROBE_TIMEOUT).await;
-        self.connectivity.probing.store(false, Ordering::Release);
+        self.probing.store(false, Ordering::Release);
         reachable
     }
 
@@ -247,7 +223,7 @@ impl Writer {
         .await
         .unwrap_or(false);
         if answered {
-            self.connectivity.down.store(false, Ordering::Release);
+            self.producer.mark_reachable();
         }
         answered
     }

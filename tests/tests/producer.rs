@@ -1,0 +1,78 @@
+//! The writer's producer is served by the runtime it was created on (no polling thread): every
+//! append is acknowledged, however the appends interleave with the queue going empty, and a
+//! producer without a runtime to serve it is refused, not a panic.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chat_tests::TestEnv;
+use chat_tests::fixtures::message;
+use futures_util::future::join_all;
+use uuid::Uuid;
+
+/// Appends from `tasks` tasks, each pausing a little between appends so that the producer's
+/// queue of acknowledgements keeps going empty and filling again from every thread, and now and
+/// then holding its thread (a busy runtime) so that several acknowledgements queue up before
+/// they are served; returns every position Kafka acknowledged.
+async fn appends_from_tasks(env: &TestEnv, tasks: usize, each: usize) -> Vec<writer::Position> {
+    let writer = env.writer();
+    let conversation_id = Uuid::new_v4();
+    let runs = (0..tasks).map(|task| {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            let mut positions = Vec::with_capacity(each);
+            for i in 0..each {
+                let envelope = message(conversation_id, "alice", &format!("{task}-{i}"));
+                positions.push(writer.append(&envelope).await.expect("acknowledged"));
+                // 0, 1 or 2 ms: bursts, single appends and quiet spells.
+                tokio::time::sleep(Duration::from_millis(((task + i) % 3) as u64)).await;
+                if i % 10 == task % 10 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            positions
+        })
+    });
+    join_all(runs)
+        .await
+        .into_iter()
+        .flat_map(|run| run.expect("the appending task"))
+        .collect()
+}
+
+fn assert_all_distinct(positions: &[writer::Position], expected: usize) {
+    assert_eq!(positions.len(), expected);
+    let distinct: HashSet<_> = positions.iter().map(|p| (p.partition, p.offset)).collect();
+    assert_eq!(
+        distinct.len(),
+        expected,
+        "each append has a position of its own"
+    );
+}
+
+#[tokio::test]
+async fn every_append_is_acknowledged_on_a_single_threaded_runtime() {
+    let env = TestEnv::new().await;
+    let positions = appends_from_tasks(&env, 8, 150).await;
+    assert_all_distinct(&positions, 8 * 150);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_append_is_acknowledged_on_a_multi_threaded_runtime() {
+    let env = TestEnv::new().await;
+    let positions = appends_from_tasks(&env, 8, 150).await;
+    assert_all_distinct(&positions, 8 * 150);
+}
+
+#[test]
+fn a_writer_without_a_runtime_to_serve_it_is_refused() {
+    let refused = writer::Writer::new(&writer::KafkaArgs {
+        brokers: writer::DEFAULT_BROKERS.into(),
+        topic: writer::DEFAULT_TOPIC.into(),
+    });
+    let error = refused
+        .err()
+        .expect("refused outside a runtime")
+        .to_string();
+    assert!(error.contains("Tokio runtime"), "{error}");
+}
