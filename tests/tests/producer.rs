@@ -1,6 +1,7 @@
 //! The writer's producer is served by the runtime it was created on (no polling thread): every
-//! append is acknowledged, however the appends interleave with the queue going empty, and a
-//! producer without a runtime to serve it is refused, not a panic.
+//! append is acknowledged, however the appends interleave with the queue going empty; a
+//! producer without a runtime to serve it is refused, not a panic, and one whose runtime has
+//! shut down fails its appends at once instead of leaving them waiting.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -75,4 +76,38 @@ fn a_writer_without_a_runtime_to_serve_it_is_refused() {
         .expect("refused outside a runtime")
         .to_string();
     assert!(error.contains("Tokio runtime"), "{error}");
+}
+
+#[test]
+fn a_writer_whose_runtime_has_shut_down_fails_its_appends_instead_of_waiting() {
+    let serving = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let writer = {
+        let _inside = serving.enter();
+        writer::Writer::new(&writer::KafkaArgs {
+            brokers: writer::DEFAULT_BROKERS.into(),
+            topic: writer::DEFAULT_TOPIC.into(),
+        })
+        .expect("created within a runtime")
+    };
+    drop(serving);
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let envelope = message(Uuid::new_v4(), "alice", "nobody serves this");
+    let outcome = other.block_on(writer.append(&envelope));
+    // Refused before queueing: a queued record would wait out the whole append's patience.
+    assert!(
+        matches!(
+            outcome,
+            Err(writer::AppendError::Unacknowledged {
+                source: rdkafka::error::KafkaError::Canceled,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
 }

@@ -99,6 +99,15 @@ pub const LONGEST_APPEND: Duration = Duration::from_millis(
         + 1_000,
 );
 
+/// Clears its flag when dropped.
+struct Clears<'a>(&'a AtomicBool);
+
+impl Drop for Clears<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Appends events to the log.
 #[derive(Clone)]
 pub struct Writer {
@@ -196,9 +205,10 @@ impl Writer {
         if self.probing.swap(true, Ordering::AcqRel) {
             return false;
         }
-        let reachable = self.answers_metadata(PROBE_TIMEOUT).await;
-        self.probing.store(false, Ordering::Release);
-        reachable
+        // Cleared on every way out, a cancelled append's too (a client gone, a caller's
+        // timeout): a flag left set would refuse every append without asking Kafka again.
+        let _probing = Clears(&self.probing);
+        self.answers_metadata(PROBE_TIMEOUT).await
     }
 
     /// Whether the broker answers a metadata request for the topic (readiness).

@@ -58,6 +58,11 @@ impl Producer {
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
+        if self.served.shared.server.is_finished() {
+            // The runtime that served the acknowledgements has shut down: nothing would
+            // answer this record.
+            return Err(KafkaError::Canceled);
+        }
         let started = Instant::now();
         let (acknowledgement, acknowledged) = oneshot::channel();
         let mut record = BaseRecord {
@@ -223,13 +228,19 @@ impl ServedProducer {
 async fn serve(shared: Weak<Shared>, ready: Arc<Notify>) {
     loop {
         ready.notified().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
         // The callback fires only on the empty → non-empty turn, so the queue is emptied here;
         // an event queued after the last look notifies again (the permit is kept).
-        while shared.queue.len() > 0 {
-            shared.producer.poll(Duration::ZERO);
+        loop {
+            // Held only for one event: the last producer's drop (a flush) belongs to whoever
+            // drops it, not to this task.
+            let Some(producer) = shared.upgrade() else {
+                return;
+            };
+            if producer.queue.len() == 0 {
+                break;
+            }
+            producer.producer.poll(Duration::ZERO);
+            drop(producer);
             // A backlog (a flush, a broker back after an outage) must not hold the thread.
             tokio::task::consume_budget().await;
         }
