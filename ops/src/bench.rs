@@ -74,10 +74,23 @@ impl Target {
     }
 
     async fn drop_database(&self, admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(admin)
-            .await
-            .with_context(|| format!("drop database {name}"))?;
+        let forced = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut *admin)
+            .await;
+        match forced {
+            // An autovacuum worker on the database (after a large fold there often is one) has
+            // no role a non-superuser may terminate, so FORCE refuses with insufficient_privilege.
+            // A plain DROP asks autovacuum workers to stop and waits for them (up to 5 s).
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .execute(admin)
+                    .await
+                    .with_context(|| format!("drop database {name}"))?;
+            }
+            forced => {
+                forced.with_context(|| format!("drop database {name}"))?;
+            }
+        }
         Ok(())
     }
 }
