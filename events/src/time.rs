@@ -1,6 +1,6 @@
 use std::fmt;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SubsecRound, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A UTC instant with millisecond precision, written `2021-09-26T10:33:11.123Z` everywhere
@@ -28,7 +28,32 @@ impl From<DateTime<Utc>> for Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+        let t = &self.0;
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            // Out of the four-digit years: chrono's own rendering (a sign and more digits).
+            return write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+        }
+        // Written by hand: chrono's `format` interprets its pattern at every call, and a sent
+        // message writes several timestamps (the claim, the event, the frames).
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, digits: usize, mut value: u32| {
+            for i in (at..at + digits).rev() {
+                text[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year as u32);
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        // A leap second is held in the nanoseconds (second 59, 1,000 ms or more), as chrono
+        // renders it: second 60.
+        let millis = t.timestamp_subsec_millis();
+        put(17, 2, t.second() + millis / 1000);
+        put(20, 3, millis % 1000);
+        f.write_str(std::str::from_utf8(&text).expect("ASCII digits"))
     }
 }
 
@@ -75,6 +100,18 @@ mod tests {
         );
         let whole: Timestamp = serde_json::from_str("\"2021-09-26T10:33:11Z\"").unwrap();
         assert_eq!(whole.to_string(), "2021-09-26T10:33:11.000Z");
+    }
+
+    proptest::proptest! {
+        /// The hand-written rendering is chrono's, for any instant (leap seconds and years
+        /// past 9999 included).
+        #[test]
+        fn renders_as_chrono_does(secs in -70_000_000_000i64..400_000_000_000, nanos in 0u32..2_000_000_000) {
+            if let Some(t) = DateTime::<Utc>::from_timestamp(secs, nanos) {
+                let t = Timestamp::from(t);
+                proptest::prop_assert_eq!(t.to_string(), t.0.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+            }
+        }
     }
 
     #[test]

@@ -417,9 +417,8 @@ impl Handler {
         };
         match sent.holding(user, conversation, temp, lease, work).await {
             Ok(frame) => {
-                if let Err(e) = sent.confirm(user, conversation, temp, &frame).await {
-                    tracing::warn!(error = %e, "cannot record a sent tempMessageId");
-                }
+                // Written with others shortly; its outcome is logged there.
+                drop(sent.confirm(user, conversation, temp, &frame));
                 Ok(())
             }
             Err(rejection) => {

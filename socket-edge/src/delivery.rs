@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use events::{Envelope, Event};
+use foldhash::fast::RandomState;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -104,11 +105,16 @@ fn restamp(frame: &str, cursor: &str) -> String {
     format!("{}{FIELD}{cursor}\"}}", &frame[..at])
 }
 
+/// Each user's connections held here, each with the join count when it joined.
+type ByUser = HashMap<String, Vec<(u64, Outbox)>, RandomState>;
+
 /// The connections this edge holds, by user.
 #[derive(Default)]
 pub struct HeldConnections {
     /// Each outbox with the [`HeldConnections::joins`] count when it joined.
-    by_user: RwLock<HashMap<String, Vec<(u64, Outbox)>>>,
+    /// (foldhash: SipHash was the dearest part of a delivery's look-up; user ids are verified,
+    /// and the seed is the process's own.)
+    by_user: RwLock<ByUser>,
     /// Connections that ever joined; read under the lock by a delivery, so that a later one
     /// can tell which connections joined after it.
     joins: AtomicU64,
@@ -291,7 +297,7 @@ pub const READ_BACK: usize = 1 << 16;
 
 /// The first delivery of each recent message id, oldest first out.
 pub struct FirstDeliveries {
-    by_id: HashMap<Uuid, (u64, events::Timestamp)>,
+    by_id: HashMap<Uuid, (u64, events::Timestamp), RandomState>,
     order: VecDeque<Uuid>,
     capacity: usize,
 }
@@ -302,7 +308,7 @@ impl FirstDeliveries {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            by_id: HashMap::with_capacity(capacity),
+            by_id: HashMap::with_capacity_and_hasher(capacity, RandomState::default()),
             order: VecDeque::with_capacity(capacity),
             capacity,
         }

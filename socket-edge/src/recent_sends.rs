@@ -29,7 +29,8 @@
 //! proposes its own `sentAt`.)
 //!
 //! The claim also spends the sender's `send-message` budget ([`rate_limit::GCRA_LUA`], the same
-//! rule as every other limit) in the same script: one round trip before the append, one after.
+//! rule as every other limit) in the same script: one round trip before the append; after it,
+//! the confirmation shares one write with the others of its [`CONFIRM_LINGER`].
 //! A limited send claims nothing. The claim comes before the participant check (the check may
 //! read the database, and only a spent budget bounds that), so a send refused by the check
 //! releases its lease and leaves its `p:` record to expire: at most the sender's budget of such
@@ -42,6 +43,7 @@ use std::time::Duration;
 
 use events::Timestamp;
 use redis::{RedisResult, Script};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::presence::Redis;
@@ -79,6 +81,8 @@ pub struct RecentSends {
     claim: std::sync::Arc<Script>,
     renew: std::sync::Arc<Script>,
     abandon: std::sync::Arc<Script>,
+    /// To [`write_confirmations`].
+    confirmations: mpsc::Sender<Confirmation>,
 }
 
 /// How long a lease lasts unless its attempt renews it: how long a retry waits for an edge that
@@ -137,8 +141,12 @@ return 0
 ";
 
 impl RecentSends {
+    /// Starts the writer of confirmations on the current Tokio runtime.
     pub fn new(redis: Redis, window: Duration) -> Self {
+        let (confirmations, queue) = mpsc::channel(CONFIRMS_QUEUED);
+        tokio::spawn(write_confirmations(redis.clone(), queue));
         Self {
+            confirmations,
             redis,
             window,
             claim: std::sync::Arc::new(Script::new(&format!("{}{CLAIM}", rate_limit::GCRA_LUA))),
@@ -306,31 +314,35 @@ impl RecentSends {
         }
     }
 
-    /// The append succeeded: remember its frame for the rest of the window. A plain `SET`, not
-    /// a script (Lua was half of Redis's CPU per send): the lease is left to lapse, since a
-    /// claim that finds the frame answers with it whoever holds the lease.
-    pub async fn confirm(
+    /// The append succeeded: remember its frame for the rest of the window. Queued, not
+    /// written here: confirmations are written together, [`CONFIRM_LINGER`] apart (see
+    /// [`write_confirmations`]). The receiver says when it was written, if anyone asks.
+    pub fn confirm(
         &self,
         user: &str,
         conversation: Uuid,
         temp_message_id: &str,
         frame: &str,
-    ) -> RedisResult<()> {
-        let mut redis = self.redis.connection().await?;
-        let record = self.key("sent", user, conversation, temp_message_id);
-        let set: Option<String> = redis::cmd("SET")
-            .arg(record)
-            .arg(format!("d:{frame}"))
-            .arg("XX")
-            .arg("KEEPTTL")
-            .query_async(&mut redis)
-            .await?;
-        if set.is_none() {
-            // Redis lost the record (restarted) during the append: a retry will claim afresh.
-            tracing::warn!("the record of a send was gone when its append was confirmed");
-            metrics::counter!("chat_ws_send_records_lost_total").increment(1);
+    ) -> oneshot::Receiver<RedisResult<()>> {
+        let (written, receiver) = oneshot::channel();
+        let confirmation = Confirmation {
+            record: self.key("sent", user, conversation, temp_message_id),
+            value: format!("d:{frame}"),
+            written,
+        };
+        if let Err(refused) = self.confirmations.try_send(confirmation) {
+            // Redis has not taken the last CONFIRMS_QUEUED: a retry of this message will wait
+            // for the lease to lapse, then append it again (same id, same sentAt).
+            tracing::warn!("too many confirmations waiting for Redis; one is dropped");
+            let refused = match refused {
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+            };
+            let _ =
+                refused.written.send(Err(
+                    (redis::ErrorKind::IoError, "confirmation not queued").into()
+                ));
         }
-        Ok(())
+        receiver
     }
 
     /// The append failed (Kafka may still hold the event): release the lease so that a retry
@@ -350,5 +362,82 @@ impl RecentSends {
             .invoke_async::<i64>(&mut redis)
             .await
             .map(drop)
+    }
+}
+
+/// How long a confirmation waits for others to share its Redis write. A write is a system call
+/// and a wake-up of Redis, the dearest part of a send's confirmation at 1,000 sends a second;
+/// meanwhile a retry that claims finds the lease held and waits for the record
+/// ([`RecentSends::claim`] looks again after 5 ms, then less and less often).
+pub const CONFIRM_LINGER: Duration = Duration::from_millis(10);
+
+/// Most confirmations in one write.
+const CONFIRM_BATCH: usize = 1024;
+
+/// Most confirmations waiting for Redis; past it they are dropped (each costs a retry of its
+/// message a wait for the lease, and a second, identical event).
+const CONFIRMS_QUEUED: usize = 1 << 16;
+
+/// A send's record to turn into its frame (`d:…`), and who waits for the outcome.
+struct Confirmation {
+    record: String,
+    value: String,
+    written: oneshot::Sender<RedisResult<()>>,
+}
+
+/// Writes queued confirmations, as one pipeline of `SET … XX KEEPTTL` per [`CONFIRM_LINGER`]
+/// (a plain `SET`, not a script: Lua was half of Redis's CPU per send; the lease is left to
+/// lapse, since a claim that finds the frame answers with it whoever holds the lease). Ends
+/// once every [`RecentSends`] is dropped, after writing what was queued.
+async fn write_confirmations(redis: Redis, mut queue: mpsc::Receiver<Confirmation>) {
+    let mut batch = Vec::with_capacity(CONFIRM_BATCH);
+    while queue.recv_many(&mut batch, CONFIRM_BATCH).await > 0 {
+        let linger = tokio::time::sleep(CONFIRM_LINGER);
+        tokio::pin!(linger);
+        while batch.len() < CONFIRM_BATCH {
+            let room = CONFIRM_BATCH - batch.len();
+            tokio::select! {
+                taken = queue.recv_many(&mut batch, room) => if taken == 0 { break },
+                () = &mut linger => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for c in &batch {
+            pipe.cmd("SET")
+                .arg(&c.record)
+                .arg(&c.value)
+                .arg("XX")
+                .arg("KEEPTTL");
+        }
+        let written = async {
+            let mut connection = redis.connection().await?;
+            pipe.query_async::<Vec<Option<String>>>(&mut connection)
+                .await
+        }
+        .await;
+        match written {
+            Ok(sets) => {
+                for (c, set) in batch.drain(..).zip(sets) {
+                    if set.is_none() {
+                        // Redis lost the record (restarted) during the append: a retry will
+                        // claim afresh.
+                        tracing::warn!(
+                            "the record of a send was gone when its append was confirmed"
+                        );
+                        metrics::counter!("chat_ws_send_records_lost_total").increment(1);
+                    }
+                    let _ = c.written.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, sends = batch.len(), "cannot record sent tempMessageIds");
+                let kind = e.kind();
+                for c in batch.drain(..) {
+                    let _ = c
+                        .written
+                        .send(Err((kind, "the confirmations' write failed").into()));
+                }
+            }
+        }
     }
 }

@@ -296,11 +296,100 @@ async fn a_live_attempts_lease_is_renewed_and_its_record_answers_retries() {
         .sends
         .confirm(USER, sender.conversation, "live", "the frame")
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(retry.await.unwrap(), Claim::Sent("the frame".into()));
     // The lease is left to lapse; the record answers every retry meanwhile and after.
     assert_eq!(
         sender.claim("live", later, Uuid::new_v4()).await,
         Claim::Sent("the frame".into())
+    );
+}
+
+/// How many times Redis has read from its clients (`INFO stats`).
+fn reads_processed(redis: &PrivateRedis) -> u64 {
+    let redis::Value::BulkString(info) = redis.command(&["INFO", "stats"]) else {
+        panic!("INFO answers with text");
+    };
+    String::from_utf8(info)
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("total_reads_processed:"))
+        .expect("INFO stats has total_reads_processed")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn confirmations_made_together_share_a_write_and_each_answers_its_retries() {
+    let redis = PrivateRedis::start();
+    let sender = Sender::new(&redis);
+    let now = Timestamp::now();
+    // (Two claims each, within the sender's burst of 100.)
+    let temps: Vec<String> = (0..40).map(|i| format!("batch-{i}")).collect();
+    for temp in &temps {
+        assert_eq!(
+            sender.claim(temp, now, Uuid::new_v4()).await,
+            Claim::Append(now)
+        );
+    }
+    let before = reads_processed(&redis);
+    let written: Vec<_> = temps
+        .iter()
+        .map(|temp| {
+            sender
+                .sends
+                .confirm(USER, sender.conversation, temp, &format!("frame of {temp}"))
+        })
+        .collect();
+    for confirmation in written {
+        confirmation.await.unwrap().unwrap();
+    }
+    let reads = reads_processed(&redis) - before;
+    // One pipeline (and the test's own INFO calls), not 40 commands.
+    assert!(reads < 10, "Redis read {reads} times for 40 confirmations");
+    for temp in &temps {
+        assert_eq!(
+            sender.claim(temp, now, Uuid::new_v4()).await,
+            Claim::Sent(format!("frame of {temp}"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_confirmation_redis_cannot_take_fails_without_holding_up_the_next() {
+    let mut redis = PrivateRedis::start();
+    let sender = Sender::new(&redis);
+    let now = Timestamp::now();
+    assert_eq!(
+        sender.claim("lost", now, Uuid::new_v4()).await,
+        Claim::Append(now)
+    );
+    redis.stop();
+    let lost = sender
+        .sends
+        .confirm(USER, sender.conversation, "lost", "its frame");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), lost)
+            .await
+            .expect("the outcome comes within Redis's timeouts")
+            .unwrap()
+            .is_err()
+    );
+    redis.restart();
+    assert_eq!(
+        sender.claim("next", now, Uuid::new_v4()).await,
+        Claim::Append(now)
+    );
+    sender
+        .sends
+        .confirm(USER, sender.conversation, "next", "next frame")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        sender.claim("next", now, Uuid::new_v4()).await,
+        Claim::Sent("next frame".into())
     );
 }
