@@ -238,3 +238,61 @@ impl Writer {
         answered
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use events::{Event, MessagesRead};
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// A writer whose broker is marked down: nothing listens on port 1 of this host, so
+    /// librdkafka gives every broker up at once.
+    async fn writer_with_brokers_down() -> Writer {
+        let writer = Writer::new(&KafkaArgs {
+            brokers: "127.0.0.1:1".into(),
+            topic: "probe-test".into(),
+        })
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !writer.producer.brokers_down() {
+            assert!(
+                Instant::now() < deadline,
+                "the brokers are never marked down"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        writer
+    }
+
+    fn read() -> Envelope {
+        Envelope::new(Event::MessagesRead(MessagesRead {
+            conversation_id: Uuid::new_v4(),
+            user_id: "u1".into(),
+        }))
+    }
+
+    #[tokio::test]
+    async fn an_append_cancelled_while_it_probes_leaves_the_next_to_probe_again() {
+        let writer = writer_with_brokers_down().await;
+        // Its caller gives up (a client gone, a timeout) while it asks Kafka.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), writer.append(&read()))
+                .await
+                .is_err()
+        );
+        // The next append asks Kafka again, which takes the probe's wait with no broker
+        // there; a probe left marked as running would refuse it at once, and every append
+        // after it, for good.
+        for _ in 0..2 {
+            let started = Instant::now();
+            let outcome = writer.append(&read()).await;
+            assert!(matches!(outcome, Err(AppendError::Unreachable { .. })));
+            assert!(
+                started.elapsed() >= PROBE_TIMEOUT / 2,
+                "refused after {:?} without asking Kafka",
+                started.elapsed()
+            );
+        }
+    }
+}
