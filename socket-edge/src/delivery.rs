@@ -22,15 +22,12 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use events::{Envelope, Event};
 use foldhash::fast::RandomState;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use store::Store;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::frames::ServerFrame;
+use crate::log_reader::{LogReader, Record};
 use crate::outbox::{Ending, Outbox};
 
 /// A live delivery: its frame (with its cursor) and where its event stands in the log.
@@ -338,37 +335,22 @@ impl FirstDeliveries {
 
 /// This edge's reader of the log.
 pub struct LogTail {
-    consumer: Arc<StreamConsumer>,
-    topic: String,
+    reader: LogReader,
     /// Set once every partition has a fixed start position (from then on nothing is missed)
     /// and the records before it were read back (or [`LEARNING_PATIENCE`] ran out).
     positioned: Arc<AtomicBool>,
+    topic: String,
 }
 
 impl LogTail {
-    /// A consumer that belongs to no shared group: this edge reads every partition itself
-    /// (manual assignment, no commits), so every edge sees every event.
-    pub fn new(kafka: &writer::KafkaArgs, edge_id: &str) -> Result<Self, KafkaError> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("group.id", format!("socket-edge-{edge_id}"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "latest")
-            // The broker answers a fetch as soon as a record arrives; this only bounds idle polls.
-            .set("fetch.wait.max.ms", "100")
-            // Records are delivered as they come, so a small prefetch queue is enough; with
-            // librdkafka's 64 MiB the read-back at start-up grew the edge by ~40 MiB, left to
-            // the allocator. A full queue postpones the next fetch by 10 ms, not librdkafka's
-            // 1 s (which made the read-back ten times slower).
-            .set("queued.max.messages.kbytes", "4096")
-            .set("fetch.queue.backoff.ms", "10")
-            .create()?;
-        Ok(Self {
-            consumer: Arc::new(consumer),
-            topic: kafka.topic.clone(),
+    /// A reader that belongs to no group: this edge reads every partition itself, so every
+    /// edge sees every event.
+    pub fn new(kafka: &writer::KafkaArgs) -> Self {
+        Self {
+            reader: LogReader::new(&kafka.brokers, &kafka.topic),
             positioned: Arc::default(),
-        })
+            topic: kafka.topic.clone(),
+        }
     }
 
     pub fn positioned(&self) -> Arc<AtomicBool> {
@@ -380,19 +362,30 @@ impl LogTail {
     /// the end. Retried until Kafka answers. Returns each partition's end, and whether it has
     /// records before it to read back.
     async fn position(
-        &self,
+        &mut self,
         held: &HeldConnections,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<(Vec<i64>, Vec<bool>)> {
         loop {
-            let consumer = self.consumer.clone();
-            let topic = self.topic.clone();
-            let attempt = tokio::task::spawn_blocking(move || assign_at_end(&consumer, &topic))
-                .await
-                .unwrap_or_else(|e| Err(format!("positioning task failed: {e}")));
+            let attempt = tokio::select! {
+                bounds = self.reader.bounds() => bounds,
+                _ = crate::stopping(shutdown) => return None,
+            };
             match attempt {
-                Ok((next, learning)) => {
-                    tracing::info!(topic = %self.topic, partitions = next.len(), "consuming the log from its end");
+                Ok(bounds) => {
+                    // Each partition's share of what is remembered, read back from before the
+                    // end. An explicit end, not "the end": it is fixed now, before we say ready.
+                    // (The log is kept forever, so the first offset does not move meanwhile.)
+                    let learnt = (READ_BACK / bounds.len()) as i64;
+                    let starts = bounds.iter().map(|&(low, high)| (high - learnt).max(low));
+                    let learning = starts
+                        .clone()
+                        .zip(&bounds)
+                        .map(|(start, &(_, high))| start < high)
+                        .collect();
+                    self.reader.start_at(starts.collect());
+                    let next: Vec<i64> = bounds.iter().map(|&(_, high)| high).collect();
+                    tracing::info!(topic = %self.topic, partitions = next.len(), "reading the log from its end");
                     held.start_at(&next);
                     return Some((next, learning));
                 }
@@ -409,7 +402,7 @@ impl LogTail {
 
     /// Consumes until shutdown, delivering each event to the connections held here.
     pub async fn run(
-        self,
+        mut self,
         store: Store,
         held: Arc<HeldConnections>,
         mut shutdown: watch::Receiver<bool>,
@@ -424,57 +417,52 @@ impl LogTail {
         tokio::pin!(learning_patience);
         let tag = crate::cursor::topic_tag(&self.topic);
         let mut first = FirstDeliveries::new(FIRST_DELIVERIES_REMEMBERED);
+        let mut records: Vec<Record> = Vec::new();
         loop {
-            let record = tokio::select! {
-                record = self.consumer.recv() => record,
+            tokio::select! {
+                () = self.reader.read(&mut records) => {}
                 _ = crate::stopping(&mut shutdown) => return,
                 () = &mut learning_patience, if !self.positioned.load(Ordering::Relaxed) => {
                     tracing::warn!(?learning, "the log before this edge's start was not read back in time; ready anyway");
                     self.positioned.store(true, Ordering::Release);
                     continue;
                 }
-            };
-            match record {
-                Ok(record) => {
-                    let (partition, offset) = (record.partition() as usize, record.offset());
-                    let Some(position) = next.get_mut(partition) else {
-                        continue;
-                    };
-                    // Read back once its last record before the start (or a later one) came.
-                    if learning[partition] && offset + 1 >= start_ends[partition] {
-                        learning[partition] = false;
-                        self.ready_once_read_back(&learning);
-                    }
-                    if offset < start_ends[partition] {
-                        learn(&record, &mut first);
-                        continue;
-                    }
-                    *position = offset + 1;
-                    let at = At {
-                        partition,
-                        offset,
-                        next: &next,
-                        tag,
-                    };
-                    match record.payload().map(Envelope::decode) {
-                        Some(Ok(envelope)) => {
-                            let delivering = deliver(&envelope, at, &store, &held, &mut first);
-                            tokio::select! {
-                                () = delivering => {}
-                                _ = crate::stopping(&mut shutdown) => return,
-                            }
-                        }
-                        Some(Err(e)) => {
-                            held.pass(partition, offset);
-                            tracing::warn!(error = %e, partition, offset, "skipping a record that is not an event");
-                        }
-                        None => held.pass(partition, offset),
-                    }
+            }
+            for record in records.drain(..) {
+                let (partition, offset) = (record.partition, record.offset);
+                let Some(position) = next.get_mut(partition) else {
+                    continue;
+                };
+                // Read back once its last record before the start (or a later one) came.
+                if learning[partition] && offset + 1 >= start_ends[partition] {
+                    learning[partition] = false;
+                    self.ready_once_read_back(&learning);
                 }
-                // A report of what librdkafka is going through (it reconnects by itself),
-                // queued with the records: no sleeping here, or records queued behind a pile
-                // of outage reports would be delivered late.
-                Err(e) => tracing::debug!(error = %e, "the log reported an error"),
+                if offset < start_ends[partition] {
+                    learn(&record, &mut first);
+                    continue;
+                }
+                *position = offset + 1;
+                let at = At {
+                    partition,
+                    offset,
+                    next: &next,
+                    tag,
+                };
+                match record.payload.as_deref().map(Envelope::decode) {
+                    Some(Ok(envelope)) => {
+                        let delivering = deliver(&envelope, at, &store, &held, &mut first);
+                        tokio::select! {
+                            () = delivering => {}
+                            _ = crate::stopping(&mut shutdown) => return,
+                        }
+                    }
+                    Some(Err(e)) => {
+                        held.pass(partition, offset);
+                        tracing::warn!(error = %e, partition, offset, "skipping a record that is not an event");
+                    }
+                    None => held.pass(partition, offset),
+                }
             }
         }
     }
@@ -495,56 +483,14 @@ impl LogTail {
 
 /// A record from before the edge's start: the first `sentAt` of a message, to repeat it with.
 /// No connection of this edge has had it (no joins yet).
-fn learn(record: &rdkafka::message::BorrowedMessage<'_>, first: &mut FirstDeliveries) {
+fn learn(record: &Record, first: &mut FirstDeliveries) {
     if let Some(Ok(Envelope {
         event: Event::MessageSent(m),
         ..
-    })) = record.payload().map(Envelope::decode)
+    })) = record.payload.as_deref().map(Envelope::decode)
     {
         first.remember(m.message_id, 0, m.sent_at);
     }
-}
-
-/// Assigns every partition from its share of [`READ_BACK`] before its end;
-/// returns each end and whether there is anything before it to read back.
-fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<(Vec<i64>, Vec<bool>), String> {
-    let timeout = Duration::from_secs(5);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| e.to_string())?;
-    let mut partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(format!("topic {topic} has no partitions (does it exist?)"));
-    }
-    partitions.sort_unstable();
-    if partitions.iter().enumerate().any(|(i, &p)| p != i as i32) {
-        return Err(format!("topic {topic} reports partitions {partitions:?}"));
-    }
-    let mut next = Vec::with_capacity(partitions.len());
-    let mut learning = Vec::with_capacity(partitions.len());
-    let mut assignment = TopicPartitionList::new();
-    // Each partition's share of what is remembered, read back from before the end.
-    let learnt = (READ_BACK / partitions.len()) as i64;
-    for &partition in &partitions {
-        // An explicit end, not `Offset::End`: "the end" is fixed now, before we say ready.
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(|e| e.to_string())?;
-        // (The log is kept forever, so `low` does not move on before the first fetch.)
-        let start = (high - learnt).max(low);
-        assignment
-            .add_partition_offset(topic, partition, Offset::Offset(start))
-            .map_err(|e| e.to_string())?;
-        next.push(high);
-        learning.push(start < high);
-    }
-    consumer.assign(&assignment).map_err(|e| e.to_string())?;
-    Ok((next, learning))
 }
 
 /// Where an event stands in the log.

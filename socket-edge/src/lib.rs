@@ -23,6 +23,7 @@ pub mod connection;
 pub mod cursor;
 pub mod delivery;
 pub mod frames;
+pub mod log_reader;
 pub mod outbox;
 pub mod presence;
 pub mod recent_sends;

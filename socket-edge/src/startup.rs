@@ -159,7 +159,7 @@ pub struct Application {
     stop: watch::Sender<bool>,
     /// Closes when every connection has finished (each holds a sender).
     all_done: mpsc::Receiver<()>,
-    /// The log tail, given a moment to leave its consumer group on shutdown.
+    /// The log tail, given a moment to finish the delivery under way on shutdown.
     consuming: JoinHandle<()>,
     /// How long connections get to close on shutdown.
     shutdown_timeout: Duration,
@@ -173,7 +173,7 @@ impl Application {
         let metrics = telemetry::init_metrics();
         let args = &config.edge;
 
-        let log_tail = LogTail::new(&config.kafka, edge.presence.edge_id())?;
+        let log_tail = LogTail::new(&config.kafka);
         let positioned = log_tail.positioned();
         let consuming =
             tokio::spawn(log_tail.run(edge.store.clone(), edge.held.clone(), shutdown.clone()));
