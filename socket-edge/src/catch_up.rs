@@ -10,13 +10,11 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use events::{Envelope, Event};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use store::Store;
 
 use crate::cursor;
 use crate::delivery::{new_message_frame, read_messages_frame};
+use crate::log_reader::{LogReader, Record};
 
 /// The bounds of one catch-up.
 #[derive(Clone, Copy, Debug)]
@@ -65,9 +63,6 @@ pub enum Replay {
     BeyondTheEnd,
 }
 
-/// A record read back: partition, offset, Kafka timestamp (ms), payload.
-type Record = (usize, i64, Option<i64>, Option<Vec<u8>>);
-
 /// Reads events `from..to` of each partition and returns the frames `user` is owed, each with
 /// the cursor after its event.
 pub async fn replay(
@@ -94,14 +89,8 @@ pub async fn replay(
         .filter(|(_, (f, t))| f > t)
         .map(|(p, (f, _))| (p, *f))
         .collect();
-    if !ahead.is_empty() {
-        let (brokers, topic) = (kafka.brokers.clone(), kafka.topic.clone());
-        let beyond = tokio::task::spawn_blocking(move || beyond_the_end(&brokers, &topic, &ahead))
-            .await
-            .map_err(|e| format!("catch-up reader failed: {e}"))??;
-        if beyond {
-            return Ok(Replay::BeyondTheEnd);
-        }
+    if !ahead.is_empty() && beyond_the_end(kafka, &ahead, limits.patience).await? {
+        return Ok(Replay::BeyondTheEnd);
     }
     let events: i64 = ranges.iter().map(|(_, f, t)| t - f).sum();
     if events as u64 > limits.max_events {
@@ -110,10 +99,7 @@ pub async fn replay(
     if ranges.is_empty() {
         return Ok(Replay::Frames(Vec::new()));
     }
-    let (brokers, topic) = (kafka.brokers.clone(), kafka.topic.clone());
-    let read = tokio::task::spawn_blocking(move || read_ranges(&brokers, &topic, &ranges, limits))
-        .await
-        .map_err(|e| format!("catch-up reader failed: {e}"))??;
+    let read = read_ranges(kafka, &ranges, limits).await?;
     let records = match read {
         Ok(records) => records,
         Err(gap) => return Ok(Replay::Gap(gap)),
@@ -122,7 +108,7 @@ pub async fn replay(
         - i64::try_from(limits.max_age.as_millis()).unwrap_or(i64::MAX);
     if records
         .iter()
-        .any(|(_, _, at, _)| at.is_some_and(|at| at < oldest))
+        .any(|r| r.timestamp.is_some_and(|at| at < oldest))
     {
         return Ok(Replay::Gap(Gap::TooOld));
     }
@@ -131,9 +117,9 @@ pub async fn replay(
     let mut next = from.to_vec();
     let mut seen = HashSet::new();
     let mut frames = Vec::new();
-    for (partition, offset, _, payload) in records {
-        next[partition] = offset + 1;
-        let Some(Ok(envelope)) = payload.as_deref().map(Envelope::decode) else {
+    for record in records {
+        next[record.partition] = record.offset + 1;
+        let Some(Ok(envelope)) = record.payload.as_deref().map(Envelope::decode) else {
             continue;
         };
         let frame = match &envelope.event {
@@ -161,85 +147,66 @@ pub async fn replay(
 }
 
 /// Whether one of these (partition, position) is past the end of its partition.
-fn beyond_the_end(brokers: &str, topic: &str, positions: &[(usize, i64)]) -> Result<bool, String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
+async fn beyond_the_end(
+    kafka: &writer::KafkaArgs,
+    positions: &[(usize, i64)],
+    patience: Duration,
+) -> Result<bool, String> {
+    let mut reader = LogReader::new(&kafka.brokers, &kafka.topic);
+    let bounds = tokio::time::timeout(patience, reader.bounds())
+        .await
+        .map_err(|_| "the log did not answer in time".to_owned())?
         .map_err(|e| e.to_string())?;
-    for &(partition, position) in positions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, partition as i32, Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        if position > high {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    positions
+        .iter()
+        .try_fold(false, |beyond, &(partition, position)| {
+            let &(_, end) = bounds
+                .get(partition)
+                .ok_or_else(|| format!("the log has no partition {partition}"))?;
+            Ok(beyond || position > end)
+        })
 }
 
 /// Reads each (partition, from, to) range in full, in log order per partition.
-fn read_ranges(
-    brokers: &str,
-    topic: &str,
+async fn read_ranges(
+    kafka: &writer::KafkaArgs,
     ranges: &[(usize, i64, i64)],
     limits: CatchUpLimits,
 ) -> Result<Result<Vec<Record>, Gap>, String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("socket-edge-catch-up-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "error")
-        .set("fetch.wait.max.ms", "50")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let timeout = Duration::from_secs(5);
-    let mut assignment = TopicPartitionList::new();
-    let mut left: HashMap<usize, i64> = HashMap::new();
-    for &(partition, from, to) in ranges {
-        let (low, _) = consumer
-            .fetch_watermarks(topic, partition as i32, timeout)
-            .map_err(|e| e.to_string())?;
-        if low > from {
-            return Ok(Err(Gap::Truncated));
+    let mut reader = LogReader::new(&kafka.brokers, &kafka.topic);
+    let reading = async {
+        let bounds = reader.bounds().await.map_err(|e| e.to_string())?;
+        let mut left: HashMap<usize, i64> = HashMap::new();
+        for &(partition, from, to) in ranges {
+            let &(first, _) = bounds
+                .get(partition)
+                .ok_or_else(|| format!("the log has no partition {partition}"))?;
+            if first > from {
+                return Ok(Err(Gap::Truncated));
+            }
+            left.insert(partition, to);
         }
-        assignment
-            .add_partition_offset(topic, partition as i32, Offset::Offset(from))
-            .map_err(|e| e.to_string())?;
-        left.insert(partition, to);
-    }
-    consumer.assign(&assignment).map_err(|e| e.to_string())?;
-    let deadline = std::time::Instant::now() + limits.patience;
-    let mut records = Vec::new();
-    while !left.is_empty() {
-        let wait = deadline.saturating_duration_since(std::time::Instant::now());
-        if wait.is_zero() {
-            return Err("the log did not answer in time".into());
+        reader.start_some_at(bounds.len(), ranges.iter().map(|&(p, from, _)| (p, from)));
+        let (mut records, mut batch) = (Vec::new(), Vec::new());
+        while !left.is_empty() {
+            reader.read(&mut batch).await;
+            for record in batch.drain(..) {
+                let Some(&to) = left.get(&record.partition) else {
+                    continue;
+                };
+                if record.offset >= to {
+                    left.remove(&record.partition);
+                    continue;
+                }
+                if record.offset + 1 >= to {
+                    left.remove(&record.partition);
+                }
+                records.push(record);
+            }
         }
-        let Some(record) = consumer.poll(wait.min(Duration::from_millis(200))) else {
-            continue;
-        };
-        let record = record.map_err(|e| e.to_string())?;
-        let partition = record.partition() as usize;
-        let Some(&to) = left.get(&partition) else {
-            continue;
-        };
-        if record.offset() >= to {
-            left.remove(&partition);
-            continue;
-        }
-        records.push((
-            partition,
-            record.offset(),
-            record.timestamp().to_millis(),
-            record.payload().map(<[u8]>::to_vec),
-        ));
-        if record.offset() + 1 >= to {
-            left.remove(&partition);
-        }
-    }
-    Ok(Ok(records))
+        Ok(Ok(records))
+    };
+    tokio::time::timeout(limits.patience, reading)
+        .await
+        .map_err(|_| "the log did not answer in time".to_owned())?
 }

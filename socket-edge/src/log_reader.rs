@@ -55,11 +55,16 @@ const ANSWER_PATIENCE: Duration = Duration::from_secs(10);
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 
+/// The position of a partition the reader does not read.
+const UNREAD: i64 = -1;
+
 /// A record of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub partition: usize,
     pub offset: i64,
+    /// Kafka's timestamp of the record (ms since the epoch), when it has one.
+    pub timestamp: Option<i64>,
     pub payload: Option<Bytes>,
 }
 
@@ -279,7 +284,7 @@ pub struct LogReader {
     /// cluster named.
     bootstrap: Vec<String>,
     known: Vec<String>,
-    /// The next offset to fetch, by partition.
+    /// The next offset to fetch, by partition ([`UNREAD`] for a partition not read).
     next: Vec<i64>,
     fetching: FuturesUnordered<BoxFuture<'static, Fetched>>,
     /// After a failure: when to ask the cluster again, and the pause after the next failure.
@@ -377,14 +382,29 @@ impl LogReader {
         self.next = next;
     }
 
+    /// Reads only the given (partition, offset) of a topic of `partitions` partitions.
+    pub fn start_some_at(
+        &mut self,
+        partitions: usize,
+        from: impl IntoIterator<Item = (usize, i64)>,
+    ) {
+        let mut next = vec![UNREAD; partitions];
+        for (partition, offset) in from {
+            if let Some(n) = next.get_mut(partition) {
+                *n = offset.max(0);
+            }
+        }
+        self.start_at(next);
+    }
+
     /// Waits for the next records and appends them to `out`, each partition's in log order.
     /// Never fails: trouble is logged and the reader tries again. Cancel-safe: records are
     /// either in `out` or still to come.
     pub async fn read(&mut self, out: &mut Vec<Record>) {
         loop {
             if self.fetching.is_empty() {
-                if self.next.is_empty() {
-                    // Nothing to read before `start_at`.
+                if self.next.iter().all(|&n| n == UNREAD) {
+                    // Nothing to read (before `start_at`, say).
                     std::future::pending::<()>().await;
                 }
                 if let Some(at) = self.retry_at {
@@ -434,7 +454,11 @@ impl LogReader {
     async fn connect(&mut self) -> Result<Vec<Session>, ReadError> {
         let leaders = self.leaders().await?;
         let mut sessions = Vec::new();
-        for (address, partitions) in leaders.by_broker(self.next.len())? {
+        for (address, mut partitions) in leaders.by_broker(self.next.len())? {
+            partitions.retain(|&p| self.next[p as usize] != UNREAD);
+            if partitions.is_empty() {
+                continue;
+            }
             sessions.push(Session {
                 connection: Connection::open(&address).await?,
                 partitions,
@@ -659,6 +683,7 @@ pub fn take_batches(mut batches: Bytes, partition: usize, next: &mut i64, out: &
                     .map(|r| Record {
                         partition,
                         offset: r.offset,
+                        timestamp: (r.timestamp >= 0).then_some(r.timestamp),
                         payload: r.value,
                     }),
             ),
@@ -733,7 +758,7 @@ mod tests {
                     timestamp_type: TimestampType::Creation,
                     offset: offset + i as i64,
                     sequence: (offset + i as i64) as i32,
-                    timestamp: 0,
+                    timestamp: 1_700_000_000_000 + offset + i as i64,
                     key: None,
                     value: v.clone().map(Bytes::from),
                     headers: Default::default(),
@@ -749,6 +774,7 @@ mod tests {
                 .map(|r| Record {
                     partition: 3,
                     offset: r.offset,
+                    timestamp: Some(r.timestamp),
                     payload: r.value.clone(),
                 })
                 .collect();

@@ -38,6 +38,7 @@ async fn produce(env: &TestEnv, compression: &str, tag: &str, count: usize) -> V
             Record {
                 partition: delivery.partition as usize,
                 offset: delivery.offset,
+                timestamp: delivery.timestamp.to_millis(),
                 payload: Some(payload.into_bytes().into()),
             }
         }
