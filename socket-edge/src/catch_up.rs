@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use events::{Envelope, Event};
 use store::Store;
+use tokio::time::Instant;
 
 use crate::cursor;
 use crate::delivery::{new_message_frame, read_messages_frame};
@@ -89,8 +90,16 @@ pub async fn replay(
         .filter(|(_, (f, t))| f > t)
         .map(|(p, (f, _))| (p, *f))
         .collect();
-    if !ahead.is_empty() && beyond_the_end(kafka, &ahead, limits.patience).await? {
-        return Ok(Replay::BeyondTheEnd);
+    // One deadline for all the catch-up asks of the log.
+    let deadline = Instant::now() + limits.patience;
+    let mut reader = LogReader::new(&kafka.brokers, &kafka.topic);
+    let mut bounds = None;
+    if !ahead.is_empty() {
+        let known = within(deadline, reader.bounds()).await?;
+        if beyond_the_end(&known, &ahead)? {
+            return Ok(Replay::BeyondTheEnd);
+        }
+        bounds = Some(known);
     }
     let events: i64 = ranges.iter().map(|(_, f, t)| t - f).sum();
     if events as u64 > limits.max_events {
@@ -99,8 +108,11 @@ pub async fn replay(
     if ranges.is_empty() {
         return Ok(Replay::Frames(Vec::new()));
     }
-    let read = read_ranges(kafka, &ranges, limits).await?;
-    let records = match read {
+    let bounds = match bounds {
+        Some(bounds) => bounds,
+        None => within(deadline, reader.bounds()).await?,
+    };
+    let records = match within(deadline, read_ranges(&mut reader, &bounds, &ranges)).await? {
         Ok(records) => records,
         Err(gap) => return Ok(Replay::Gap(gap)),
     };
@@ -146,17 +158,20 @@ pub async fn replay(
     Ok(Replay::Frames(frames))
 }
 
-/// Whether one of these (partition, position) is past the end of its partition.
-async fn beyond_the_end(
-    kafka: &writer::KafkaArgs,
-    positions: &[(usize, i64)],
-    patience: Duration,
-) -> Result<bool, String> {
-    let mut reader = LogReader::new(&kafka.brokers, &kafka.topic);
-    let bounds = tokio::time::timeout(patience, reader.bounds())
+/// `asking`'s answer, if it comes before `deadline`.
+async fn within<T, E: std::fmt::Display>(
+    deadline: Instant,
+    asking: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    tokio::time::timeout_at(deadline, asking)
         .await
         .map_err(|_| "the log did not answer in time".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// Whether one of these (partition, position) is past the end of its partition, given each
+/// partition's (first offset, end).
+fn beyond_the_end(bounds: &[(i64, i64)], positions: &[(usize, i64)]) -> Result<bool, String> {
     positions
         .iter()
         .try_fold(false, |beyond, &(partition, position)| {
@@ -167,46 +182,38 @@ async fn beyond_the_end(
         })
 }
 
-/// Reads each (partition, from, to) range in full, in log order per partition.
+/// Reads each (partition, from, to) range in full, in log order per partition, or finds that
+/// the log no longer holds one.
 async fn read_ranges(
-    kafka: &writer::KafkaArgs,
+    reader: &mut LogReader,
+    bounds: &[(i64, i64)],
     ranges: &[(usize, i64, i64)],
-    limits: CatchUpLimits,
 ) -> Result<Result<Vec<Record>, Gap>, String> {
-    let mut reader = LogReader::new(&kafka.brokers, &kafka.topic);
-    let reading = async {
-        let bounds = reader.bounds().await.map_err(|e| e.to_string())?;
-        let mut left: HashMap<usize, i64> = HashMap::new();
-        for &(partition, from, to) in ranges {
-            let &(first, _) = bounds
-                .get(partition)
-                .ok_or_else(|| format!("the log has no partition {partition}"))?;
-            if first > from {
-                return Ok(Err(Gap::Truncated));
-            }
-            left.insert(partition, to);
+    let mut left: HashMap<usize, i64> = HashMap::new();
+    for &(partition, from, to) in ranges {
+        let &(first, _) = bounds
+            .get(partition)
+            .ok_or_else(|| format!("the log has no partition {partition}"))?;
+        if first > from {
+            return Ok(Err(Gap::Truncated));
         }
-        reader.start_some_at(bounds.len(), ranges.iter().map(|&(p, from, _)| (p, from)));
-        let (mut records, mut batch) = (Vec::new(), Vec::new());
-        while !left.is_empty() {
-            reader.read(&mut batch).await;
-            for record in batch.drain(..) {
-                let Some(&to) = left.get(&record.partition) else {
-                    continue;
-                };
-                if record.offset >= to {
-                    left.remove(&record.partition);
-                    continue;
-                }
-                if record.offset + 1 >= to {
-                    left.remove(&record.partition);
-                }
+        left.insert(partition, to);
+    }
+    reader.start_some_at(bounds.len(), ranges.iter().map(|&(p, from, _)| (p, from)));
+    let (mut records, mut batch) = (Vec::new(), Vec::new());
+    while !left.is_empty() {
+        reader.read(&mut batch).await;
+        for record in batch.drain(..) {
+            if left
+                .get(&record.partition)
+                .is_some_and(|&to| record.offset < to)
+            {
                 records.push(record);
             }
         }
-        Ok(Ok(records))
-    };
-    tokio::time::timeout(limits.patience, reading)
-        .await
-        .map_err(|_| "the log did not answer in time".to_owned())?
+        // A range ends where the reader's position reaches its end, whether its last offset
+        // was a record or something passed over (a transaction marker).
+        left.retain(|&partition, to| reader.position(partition).is_some_and(|at| at < *to));
+    }
+    Ok(Ok(records))
 }

@@ -464,6 +464,23 @@ impl LogTail {
                     None => held.pass(partition, offset),
                 }
             }
+            // Read back also when the reader went past the start on something it does not
+            // hand out (a transaction marker, a batch passed over).
+            let mut moved_past = false;
+            for (partition, learning) in learning.iter_mut().enumerate() {
+                if *learning
+                    && self
+                        .reader
+                        .position(partition)
+                        .is_some_and(|at| at >= start_ends[partition])
+                {
+                    *learning = false;
+                    moved_past = true;
+                }
+            }
+            if moved_past {
+                self.ready_once_read_back(&learning);
+            }
         }
     }
 }

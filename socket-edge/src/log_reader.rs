@@ -10,8 +10,14 @@
 //! chose ([`LogReader::start_at`]). Any failure (a broker gone, a leader moved, an answer that
 //! does not decode, no answer in time) drops every connection; after a pause the reader asks
 //! the cluster for the leaders again and goes on from the positions it had, so no record is
-//! skipped or read twice. A batch that does not decode (a compression this build lacks, say)
-//! is the one thing skipped, loudly.
+//! skipped or read twice. Two things move a position otherwise, loudly: a batch that still
+//! does not decode after [`DECODE_ATTEMPTS`] fetches (a compression this build lacks, say) is
+//! passed over, and a position the broker says is out of its partition's range (a log deleted
+//! and made again, or cut by retention) moves to the partition's end, or to its first offset
+//! if it was before it.
+//!
+//! The broker is trusted as far as memory goes: an answer is bounded ([`MAX_FRAME`]) and
+//! checked, but the counts inside a compressed batch are believed as it declares them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,7 +51,10 @@ const FETCH_WAIT: Duration = Duration::from_millis(100);
 /// What one fetch may bring: records are delivered before the next fetch, so this bounds the
 /// memory of a read-back too.
 const FETCH_MAX_BYTES: i32 = 4 << 20;
-const PARTITION_MAX_BYTES: i32 = 1 << 20;
+/// Above the broker's default largest batch (`message.max.bytes`, 1 MiB and 12 bytes); the
+/// first partition of each answer gets its first batch whatever its size, and the partitions
+/// take turns at being first.
+const PARTITION_MAX_BYTES: i32 = 2 << 20;
 /// The largest answer accepted: a fetch's limit, with room for its framing.
 const MAX_FRAME: usize = 2 * FETCH_MAX_BYTES as usize;
 const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
@@ -54,6 +63,13 @@ const ANSWER_PATIENCE: Duration = Duration::from_secs(10);
 /// Pauses before asking the cluster again after a failure: doubling from the first to the last.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+/// A connection that lasted this long without a failure starts the pauses again from the first.
+const STABLE: Duration = Duration::from_secs(10);
+/// How many fetches a batch that does not decode gets before it is passed over: a batch
+/// damaged on the way is fetched again, one that cannot be read is not fetched forever.
+const DECODE_ATTEMPTS: u32 = 3;
+/// Kafka's error code for a fetch position outside its partition's offsets.
+const OFFSET_OUT_OF_RANGE: i16 = 1;
 
 /// The position of a partition the reader does not read.
 const UNREAD: i64 = -1;
@@ -85,6 +101,15 @@ pub enum ReadError {
 
 fn protocol(e: impl std::fmt::Display) -> ReadError {
     ReadError::Protocol(e.to_string())
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn address(host: &str, port: i32) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The name of a Kafka error code, for logs.
@@ -204,6 +229,61 @@ impl Connection {
         R::Answer::decode(&mut answer, version).map_err(protocol)
     }
 
+    /// Each of `partitions`' offset at `timestamp` (-2: its first offset, -1: its end), in
+    /// the order asked. (A request may name a partition only once.)
+    async fn offsets(
+        &mut self,
+        topic: &TopicName,
+        partitions: &[i32],
+        timestamp: i64,
+    ) -> Result<Vec<i64>, ReadError> {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(topic.clone())
+                    .with_partitions(
+                        partitions
+                            .iter()
+                            .map(|&p| {
+                                ListOffsetsPartition::default()
+                                    .with_partition_index(p)
+                                    .with_current_leader_epoch(-1)
+                                    .with_timestamp(timestamp)
+                            })
+                            .collect(),
+                    ),
+            ]);
+        let answer = self
+            .call(LIST_OFFSETS_VERSION, &request, Duration::ZERO)
+            .await?;
+        let mut offsets = vec![None; partitions.len()];
+        for p in answer
+            .topics
+            .iter()
+            .filter(|t| &t.name == topic)
+            .flat_map(|t| &t.partitions)
+        {
+            if p.error_code != 0 {
+                return Err(ReadError::Cluster(format!(
+                    "{}: the offsets of partition {}: {}",
+                    self.address,
+                    p.partition_index,
+                    code_name(p.error_code)
+                )));
+            }
+            if let Some(i) = partitions.iter().position(|&q| q == p.partition_index) {
+                offsets[i] = Some(p.offset);
+            }
+        }
+        offsets.into_iter().collect::<Option<_>>().ok_or_else(|| {
+            ReadError::Cluster(format!(
+                "{}: no offsets for some of partitions {partitions:?}",
+                self.address
+            ))
+        })
+    }
+
     /// The next size-prefixed answer, without its size.
     async fn read_frame(&mut self) -> Result<Bytes, ReadError> {
         while self.read.len() < 4 {
@@ -262,20 +342,49 @@ impl Leaders {
         for (partition, &leader) in self.leaders.iter().enumerate().take(partitions) {
             led.entry(leader).or_default().push(partition as i32);
         }
-        Ok(led
-            .into_iter()
-            .map(|(broker, partitions)| (self.addresses[&broker].clone(), partitions))
-            .collect())
+        led.into_iter()
+            .map(|(broker, partitions)| {
+                let address = self.addresses.get(&broker).ok_or_else(|| {
+                    ReadError::Cluster(format!("partitions {partitions:?} have no leader"))
+                })?;
+                Ok((address.clone(), partitions))
+            })
+            .collect()
     }
 }
 
 /// A connection fetching the partitions its broker leads.
 struct Session {
     connection: Connection,
+    /// In the order of the next fetch: they take turns at being first.
     partitions: Vec<i32>,
 }
 
-type Fetched = (Session, Result<FetchResponse, ReadError>);
+/// What a session's request brought.
+enum Answer {
+    Fetch(FetchResponse),
+    /// The first offset and end of partitions whose positions were out of range.
+    Bounds(Vec<(i32, i64, i64)>),
+}
+
+type Fetched = (Session, Result<Answer, ReadError>);
+
+/// What one fetch's answer did.
+#[derive(Default)]
+struct Taken {
+    /// Some position moved (records taken, or batches passed over).
+    moved: bool,
+    /// Partitions whose positions the broker does not hold.
+    out_of_range: Vec<i32>,
+}
+
+/// A batch that did not decode, and how many fetches brought it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Failing {
+    partition: usize,
+    base: i64,
+    attempts: u32,
+}
 
 /// Reads every partition of one topic.
 pub struct LogReader {
@@ -290,6 +399,10 @@ pub struct LogReader {
     /// After a failure: when to ask the cluster again, and the pause after the next failure.
     retry_at: Option<Instant>,
     pause: Duration,
+    /// When the sessions now fetching were connected.
+    connected_at: Option<Instant>,
+    /// The last batch that did not decode.
+    failing: Option<Failing>,
 }
 
 impl LogReader {
@@ -310,6 +423,8 @@ impl LogReader {
             fetching: FuturesUnordered::new(),
             retry_at: None,
             pause: FIRST_PAUSE,
+            connected_at: None,
+            failing: None,
         }
     }
 
@@ -321,58 +436,18 @@ impl LogReader {
         let mut bounds = vec![(0, 0); partitions];
         for (address, led) in leaders.by_broker(partitions)? {
             let mut connection = Connection::open(&address).await?;
-            // Two requests: a request may name a partition only once.
-            for (timestamp, earliest) in [(-2, true), (-1, false)] {
-                let request = ListOffsetsRequest::default()
-                    .with_replica_id(BrokerId(-1))
-                    .with_topics(vec![
-                        ListOffsetsTopic::default()
-                            .with_name(self.topic.clone())
-                            .with_partitions(
-                                led.iter()
-                                    .map(|&p| {
-                                        ListOffsetsPartition::default()
-                                            .with_partition_index(p)
-                                            .with_current_leader_epoch(-1)
-                                            .with_timestamp(timestamp)
-                                    })
-                                    .collect(),
-                            ),
-                    ]);
-                let answer = connection
-                    .call(LIST_OFFSETS_VERSION, &request, Duration::ZERO)
-                    .await?;
-                let mut answered = 0;
-                for p in answer.topics.iter().flat_map(|t| &t.partitions) {
-                    if p.error_code != 0 {
-                        return Err(ReadError::Cluster(format!(
-                            "the offsets of partition {}: {}",
-                            p.partition_index,
-                            code_name(p.error_code)
-                        )));
-                    }
-                    let Some(bound) = usize::try_from(p.partition_index)
-                        .ok()
-                        .and_then(|p| bounds.get_mut(p))
-                    else {
-                        continue;
-                    };
-                    if earliest {
-                        bound.0 = p.offset;
-                    } else {
-                        bound.1 = p.offset;
-                    }
-                    answered += 1;
-                }
-                if answered != led.len() {
-                    return Err(ReadError::Cluster(format!(
-                        "{address} gave the offsets of {answered} of {} partitions",
-                        led.len()
-                    )));
-                }
+            let first = connection.offsets(&self.topic, &led, -2).await?;
+            let end = connection.offsets(&self.topic, &led, -1).await?;
+            for ((&p, first), end) in led.iter().zip(first).zip(end) {
+                bounds[p as usize] = (first, end);
             }
         }
         Ok(bounds)
+    }
+
+    /// Where partition `partition` is read from next, if it is read.
+    pub fn position(&self, partition: usize) -> Option<i64> {
+        self.next.get(partition).copied().filter(|&n| n != UNREAD)
     }
 
     /// Reads each partition from the offset given for it (in partition order), forgetting any
@@ -398,8 +473,10 @@ impl LogReader {
     }
 
     /// Waits for the next records and appends them to `out`, each partition's in log order.
-    /// Never fails: trouble is logged and the reader tries again. Cancel-safe: records are
-    /// either in `out` or still to come.
+    /// Also returns, with no records, when a position moved past records not handed out (a
+    /// transaction marker, a batch passed over, a position out of range). Never fails: trouble
+    /// is logged and the reader tries again. Cancel-safe: records are either in `out` or still
+    /// to come.
     pub async fn read(&mut self, out: &mut Vec<Record>) {
         loop {
             if self.fetching.is_empty() {
@@ -412,6 +489,8 @@ impl LogReader {
                 }
                 match self.connect().await {
                     Ok(sessions) => {
+                        self.retry_at = None;
+                        self.connected_at = Some(Instant::now());
                         for session in sessions {
                             self.fetch(session);
                         }
@@ -425,34 +504,110 @@ impl LogReader {
             let Some((session, answer)) = self.fetching.next().await else {
                 continue;
             };
-            match answer.and_then(|answer| self.take(&session, answer, out)) {
-                Ok(()) => {
-                    // Connected and answered: the next failure starts from the first pause.
-                    self.retry_at = None;
-                    self.pause = FIRST_PAUSE;
+            let taken = match answer {
+                Ok(Answer::Fetch(answer)) => self.take(&session, answer, out),
+                Ok(Answer::Bounds(bounds)) => Ok(self.reposition(&bounds)),
+                Err(e) => Err(e),
+            };
+            let moved = match taken {
+                Ok(taken) if taken.out_of_range.is_empty() => {
                     self.fetch(session);
+                    taken.moved
+                }
+                Ok(taken) => {
+                    self.ask_bounds(session, taken.out_of_range);
+                    taken.moved
                 }
                 Err(e) => {
                     self.fetching.clear();
                     self.failed(&e);
+                    false
                 }
-            }
-            if !out.is_empty() {
+            };
+            if moved || !out.is_empty() {
                 return;
             }
         }
     }
 
     fn failed(&mut self, e: &ReadError) {
+        // Pauses grow across failures that come soon after connecting, however many answers
+        // came in between.
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() >= STABLE)
+        {
+            self.pause = FIRST_PAUSE;
+        }
         tracing::warn!(error = %e, pause = ?self.pause, "reading the log failed; asking the cluster for the leaders again");
         metrics::counter!("chat_ws_log_read_failures_total").increment(1);
         self.retry_at = Some(Instant::now() + self.pause);
         self.pause = (self.pause * 2).min(LONGEST_PAUSE);
     }
 
+    /// Puts in flight a request for the bounds of `partitions`, whose positions the broker
+    /// said are out of range.
+    fn ask_bounds(&mut self, mut session: Session, partitions: Vec<i32>) {
+        let topic = self.topic.clone();
+        self.fetching.push(Box::pin(async move {
+            let connection = &mut session.connection;
+            let answer = async {
+                let first = connection.offsets(&topic, &partitions, -2).await?;
+                let end = connection.offsets(&topic, &partitions, -1).await?;
+                Ok(Answer::Bounds(
+                    partitions
+                        .iter()
+                        .zip(first)
+                        .zip(end)
+                        .map(|((&p, first), end)| (p, first, end))
+                        .collect(),
+                ))
+            }
+            .await;
+            (session, answer)
+        }));
+    }
+
+    /// Moves positions the broker does not hold into their partitions: to the first offset
+    /// from before it, to the end otherwise (the log was deleted and made again, or cut back).
+    fn reposition(&mut self, bounds: &[(i32, i64, i64)]) -> Taken {
+        for &(partition, first, end) in bounds {
+            let Some(next) = self.next.get_mut(partition as usize) else {
+                continue;
+            };
+            // The answer may be older than the bounds: a position inside them stays.
+            let to = (*next).clamp(first, end.max(first));
+            if to == *next {
+                continue;
+            }
+            tracing::error!(
+                partition,
+                position = *next,
+                first,
+                end,
+                to,
+                "the log does not hold this position; reading on from its bounds"
+            );
+            metrics::counter!("chat_ws_log_repositions_total").increment(1);
+            *next = to;
+        }
+        Taken {
+            moved: true,
+            out_of_range: Vec::new(),
+        }
+    }
+
     /// Connects to each partition's leader.
     async fn connect(&mut self) -> Result<Vec<Session>, ReadError> {
         let leaders = self.leaders().await?;
+        if leaders.leaders.len() > self.next.len() {
+            tracing::warn!(
+                partitions = leaders.leaders.len(),
+                read = self.next.len(),
+                "the topic has partitions this reader does not read (added since it started)"
+            );
+        }
         let mut sessions = Vec::new();
         for (address, mut partitions) in leaders.by_broker(self.next.len())? {
             partitions.retain(|&p| self.next[p as usize] != UNREAD);
@@ -476,9 +631,9 @@ impl LogReader {
             .chain(self.known.iter().filter(|a| !self.bootstrap.contains(a)))
             .cloned()
             .collect();
-        for address in candidates {
+        for candidate in candidates {
             let attempt = async {
-                let mut connection = Connection::open(&address).await?;
+                let mut connection = Connection::open(&candidate).await?;
                 let request = MetadataRequest::default()
                     .with_topics(Some(vec![
                         MetadataRequestTopic::default().with_name(Some(self.topic.clone())),
@@ -493,7 +648,7 @@ impl LogReader {
                     self.known = metadata
                         .brokers
                         .iter()
-                        .map(|b| format!("{}:{}", b.host.as_str(), b.port))
+                        .map(|b| address(b.host.as_str(), b.port))
                         .collect();
                     return self.leaders_in(metadata);
                 }
@@ -507,7 +662,7 @@ impl LogReader {
         let addresses: BTreeMap<i32, String> = metadata
             .brokers
             .iter()
-            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .map(|b| (b.node_id.0, address(b.host.as_str(), b.port)))
             .collect();
         let topic = metadata
             .topics
@@ -555,11 +710,19 @@ impl LogReader {
                 self.topic.as_str()
             )));
         }
+        // An answer that named a partition twice named another not at all.
+        if let Some(missing) = leaders.iter().position(|&leader| leader < 0) {
+            return Err(ReadError::Cluster(format!(
+                "topic {}: no word on partition {missing}",
+                self.topic.as_str()
+            )));
+        }
         Ok(Leaders { addresses, leaders })
     }
 
     /// Puts `session`'s next fetch in flight, from the partitions' current positions.
     fn fetch(&mut self, mut session: Session) {
+        session.partitions.rotate_left(1);
         let partitions = session
             .partitions
             .iter()
@@ -592,7 +755,8 @@ impl LogReader {
             let answer = session
                 .connection
                 .call(FETCH_VERSION, &request, FETCH_WAIT)
-                .await;
+                .await
+                .map(Answer::Fetch);
             (session, answer)
         }));
     }
@@ -604,7 +768,7 @@ impl LogReader {
         session: &Session,
         answer: FetchResponse,
         out: &mut Vec<Record>,
-    ) -> Result<(), ReadError> {
+    ) -> Result<Taken, ReadError> {
         if answer.error_code != 0 {
             return Err(ReadError::Cluster(format!(
                 "{}: fetch refused: {}",
@@ -612,6 +776,7 @@ impl LogReader {
                 code_name(answer.error_code)
             )));
         }
+        let mut taken = Taken::default();
         for topic in answer.responses {
             if topic.topic != self.topic {
                 continue;
@@ -623,6 +788,10 @@ impl LogReader {
                 else {
                     continue;
                 };
+                if p.error_code == OFFSET_OUT_OF_RANGE {
+                    taken.out_of_range.push(p.partition_index);
+                    continue;
+                }
                 if p.error_code != 0 {
                     return Err(ReadError::Cluster(format!(
                         "{}: partition {partition}: {}",
@@ -630,50 +799,110 @@ impl LogReader {
                         code_name(p.error_code)
                     )));
                 }
-                if let Some(records) = p.records {
-                    take_batches(records, partition, &mut self.next[partition], out);
+                let Some(records) = p.records else {
+                    continue;
+                };
+                let next = &mut self.next[partition];
+                let before = *next;
+                let took = take_batches(records, partition, next, out);
+                if let Err(bad) = took {
+                    let attempts = match self.failing {
+                        Some(f) if f.partition == partition && f.base == bad.base => f.attempts + 1,
+                        _ => 1,
+                    };
+                    if attempts < DECODE_ATTEMPTS {
+                        self.failing = Some(Failing {
+                            partition,
+                            base: bad.base,
+                            attempts,
+                        });
+                        return Err(ReadError::Protocol(format!(
+                            "{}: partition {partition}: {bad}",
+                            session.connection.address
+                        )));
+                    }
+                    tracing::error!(partition, %bad, attempts, "passing over a record batch that does not decode");
+                    metrics::counter!("chat_ws_log_undecodable_batches_total").increment(1);
+                    self.failing = None;
+                    *next = (*next).max(bad.last.saturating_add(1));
                 }
+                taken.moved |= *next != before;
             }
         }
-        Ok(())
+        Ok(taken)
     }
+}
+
+/// A record batch that does not decode.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the record batch at offsets {base}..={last} does not decode: {reason}")]
+pub struct Undecodable {
+    pub base: i64,
+    pub last: i64,
+    pub reason: String,
 }
 
 /// Appends the records of `batches` (a fetch's record batches for `partition`) at or past
 /// `*next`, and moves `*next` past the last whole batch. A batch cut short by the fetch's size
-/// limit is left for the next fetch; control batches and batches that do not decode are passed
-/// over (the latter with an error).
-pub fn take_batches(mut batches: Bytes, partition: usize, next: &mut i64, out: &mut Vec<Record>) {
+/// limit is left for the next fetch; control batches are passed over. Stops at a batch that
+/// does not decode, with `*next` not past it.
+pub fn take_batches(
+    mut batches: Bytes,
+    partition: usize,
+    next: &mut i64,
+    out: &mut Vec<Record>,
+) -> Result<(), Undecodable> {
     // Base offset (8 bytes), length (4), then the rest of the batch: its leader epoch (4),
-    // magic byte (1), CRC (4), attributes (2) and last offset delta (4).
+    // magic byte (1), CRC (4), attributes (2), last offset delta (4), first and last
+    // timestamps (8 + 8), producer id (8), producer epoch (2), first sequence (4), and the
+    // number of records (4) before the records.
     const HEAD: usize = 12;
-    const LAST_OFFSET_DELTA: usize = HEAD + 4 + 1 + 4 + 2;
+    const ATTRIBUTES: usize = HEAD + 4 + 1 + 4;
+    const LAST_OFFSET_DELTA: usize = ATTRIBUTES + 2;
+    const RECORD_COUNT: usize = LAST_OFFSET_DELTA + 4 + 8 + 8 + 8 + 2 + 4;
+    const RECORDS: usize = RECORD_COUNT + 4;
+    /// The smallest record: seven one-byte fields (length, attributes, timestamp and offset
+    /// deltas, key and value lengths, header count).
+    const SMALLEST_RECORD: usize = 7;
     while batches.len() >= HEAD {
         let base = i64::from_be_bytes(batches[..8].try_into().expect("eight bytes"));
         let length = i32::from_be_bytes(batches[8..12].try_into().expect("four bytes"));
         let Some(size) = usize::try_from(length).ok().map(|l| l + HEAD) else {
-            tracing::error!(
-                partition,
+            return Err(Undecodable {
                 base,
-                length,
-                "a record batch of negative length; passing over the rest of the fetch"
-            );
-            return;
+                last: base,
+                reason: format!("a length of {length}"),
+            });
         };
         if batches.len() < size {
             break;
         }
         let mut batch = batches.split_to(size);
-        let last = batch
-            .get(LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4)
-            .map(|delta| {
-                base.saturating_add(i64::from(i32::from_be_bytes(
-                    delta.try_into().expect("four bytes"),
-                )))
-            })
+        let field = |at: usize| {
+            batch
+                .get(at..at + 4)
+                .map(|b| i32::from_be_bytes(b.try_into().expect("four bytes")))
+        };
+        let last = field(LAST_OFFSET_DELTA)
+            .map(|delta| base.saturating_add(i64::from(delta)))
             .unwrap_or(base);
         if last < *next {
             continue;
+        }
+        // An uncompressed batch cannot hold more records than its bytes allow: checked before
+        // the decoder believes the count and makes room for that many.
+        let uncompressed = batch.get(ATTRIBUTES + 1).is_some_and(|a| a & 0b111 == 0);
+        let count = field(RECORD_COUNT).unwrap_or(0);
+        if uncompressed
+            && usize::try_from(count).map_or(true, |count| {
+                count > size.saturating_sub(RECORDS) / SMALLEST_RECORD
+            })
+        {
+            return Err(Undecodable {
+                base,
+                last,
+                reason: format!("{count} records in {size} bytes"),
+            });
         }
         match RecordBatchDecoder::decode(&mut batch) {
             Ok(set) => out.extend(
@@ -688,12 +917,16 @@ pub fn take_batches(mut batches: Bytes, partition: usize, next: &mut i64, out: &
                     }),
             ),
             Err(e) => {
-                tracing::error!(partition, base, last, error = %e, "passing over a record batch that does not decode");
-                metrics::counter!("chat_ws_log_undecodable_batches_total").increment(1);
+                return Err(Undecodable {
+                    base,
+                    last,
+                    reason: e.to_string(),
+                });
             }
         }
         *next = (*next).max(last.saturating_add(1));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -809,7 +1042,7 @@ mod tests {
             }
             let mut next = start;
             let mut out = Vec::new();
-            take_batches(bytes.slice(..cut), 3, &mut next, &mut out);
+            prop_assert!(take_batches(bytes.slice(..cut), 3, &mut next, &mut out).is_ok());
             prop_assert_eq!(out, expected);
             prop_assert_eq!(next, expected_next);
         }
@@ -822,17 +1055,15 @@ mod tests {
         ) {
             let mut next = start;
             let mut out = Vec::new();
-            take_batches(Bytes::from(bytes), 0, &mut next, &mut out);
+            // Garbage may well be reported as undecodable: what matters is how it ends.
+            let _ = take_batches(Bytes::from(bytes), 0, &mut next, &mut out);
             prop_assert!(next >= start);
             prop_assert!(out.iter().all(|r| r.offset >= start));
         }
     }
 
-    /// A batch corrupted in flight (its checksum fails) is passed over, not read, and the
-    /// position moves past it, so the reader does not fetch it forever.
-    #[test]
-    fn a_batch_that_does_not_decode_is_passed_over() {
-        let batches = [
+    fn two_batches() -> [Batch; 2] {
+        [
             Batch {
                 gap: 0,
                 values: vec![Some(b"a".to_vec()), Some(b"b".to_vec())],
@@ -845,14 +1076,38 @@ mod tests {
                 control: false,
                 compression: Compression::None,
             },
-        ];
-        let (bytes, written) = encode(&batches);
+        ]
+    }
+
+    /// A batch corrupted in flight (its checksum fails) is reported with the offsets it spans,
+    /// and nothing of it or after it is taken: the reader fetches it again, and passes over it
+    /// only when it never decodes.
+    #[test]
+    fn a_batch_that_does_not_decode_is_reported_not_taken() {
+        let (bytes, written) = encode(&two_batches());
         let mut corrupt = BytesMut::from(&bytes[..]);
-        let first_end = written[0].0;
-        corrupt[first_end - 1] ^= 0xff;
+        corrupt[written[0].0 - 1] ^= 0xff;
         let (mut next, mut out) = (0, Vec::new());
-        take_batches(corrupt.freeze(), 3, &mut next, &mut out);
-        assert_eq!(out, written[1].1, "only the intact batch");
-        assert_eq!(next, 3);
+        let error = take_batches(corrupt.freeze(), 3, &mut next, &mut out).unwrap_err();
+        assert_eq!((error.base, error.last), (0, 1));
+        assert!(out.is_empty(), "nothing of or after the corrupt batch");
+        assert_eq!(next, 0, "the position stays at the corrupt batch");
+    }
+
+    /// An uncompressed batch claiming more records than its bytes can hold is refused before
+    /// the decoder makes room for them.
+    #[test]
+    fn a_batch_claiming_more_records_than_it_holds_is_refused() {
+        let (bytes, written) = encode(&two_batches());
+        let mut forged = BytesMut::from(&bytes[..]);
+        // The record count of the second batch, the last field before its records.
+        let second = written[0].0;
+        forged[second + 57..second + 61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let (mut next, mut out) = (0, Vec::new());
+        let error = take_batches(forged.freeze(), 3, &mut next, &mut out).unwrap_err();
+        assert_eq!((error.base, error.last), (2, 2));
+        assert!(error.reason.contains("records in"), "{}", error.reason);
+        assert_eq!(out, written[0].1, "the intact batch before it is taken");
+        assert_eq!(next, 2);
     }
 }

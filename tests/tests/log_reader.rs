@@ -1,6 +1,7 @@
 //! The edge's reader of the log against a real broker: every record once, each partition's in
 //! log order, whatever compression its producer chose, including records that arrive while a
-//! fetch waits; and its bounds are the partitions' first offsets and ends.
+//! fetch waits; and its bounds are the partitions' first offsets and ends. A position the log
+//! does not hold (past its end: the log was made again) moves to the end, and reading goes on.
 //! (Broker loss under it: the chaos test and the replicated log's leader kill, which count every
 //! echo the edge delivers from the log.)
 
@@ -67,9 +68,12 @@ async fn read_exactly(reader: &mut LogReader, want: usize) -> Vec<Record> {
     })
     .await
     .unwrap_or_else(|_| panic!("{} of {want} records read in 30 s", read.len()));
+    // (A read may also end with no records, when a position moved past something else.)
     let more = tokio::time::timeout(Duration::from_millis(500), async {
         let mut more = Vec::new();
-        reader.read(&mut more).await;
+        while more.is_empty() {
+            reader.read(&mut more).await;
+        }
         more
     })
     .await;
@@ -141,5 +145,40 @@ async fn a_missing_topic_is_an_error_not_a_wait() {
     assert!(
         error.to_string().contains("UnknownTopicOrPartition"),
         "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_position_past_the_end_moves_to_the_end_and_reading_goes_on() {
+    let env = TestEnv::new().await;
+    let before = produce(&env, "none", "before", 20).await;
+    let mut reader = LogReader::new(&env.brokers, &env.topic);
+    let bounds = reader.bounds().await.expect("bounds");
+    assert_eq!(
+        bounds.iter().map(|&(_, end)| end).sum::<i64>(),
+        before.len() as i64
+    );
+    // Positions from a longer log of the same name, deleted since.
+    reader.start_at(bounds.iter().map(|&(_, end)| end + 1_000).collect());
+    let moved = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut read = Vec::new();
+        loop {
+            reader.read(&mut read).await;
+            let ends: Vec<_> = (0..bounds.len()).map(|p| reader.position(p)).collect();
+            if ends == bounds.iter().map(|&(_, end)| Some(end)).collect::<Vec<_>>() {
+                return read;
+            }
+        }
+    })
+    .await
+    .expect("every position moved to its partition's end within 30 s");
+    assert!(moved.is_empty(), "records from nowhere: {moved:?}");
+
+    let waiting = tokio::spawn(async move { read_exactly(&mut reader, 30).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = by_partition(produce(&env, "none", "after", 30).await);
+    assert_eq!(
+        by_partition(waiting.await.expect("the reading task")),
+        after
     );
 }
