@@ -16,50 +16,36 @@
 //! and made again, or cut by retention) moves to the partition's end, or to its first offset
 //! if it was before it.
 //!
-//! The broker is trusted as far as memory goes: an answer is bounded ([`MAX_FRAME`]) and
+//! The broker is trusted as far as memory goes: an answer is bounded (8 MiB) and
 //! checked, but the counts inside a compressed batch are believed as it declares them.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+pub use writer::wire::WireError as ReadError;
+use writer::wire::{Cluster, Connection, code_name};
 
-/// Protocol versions: the newest that still name topics (Fetch 13 names them by id), all
-/// served by Kafka 3.x and 4.x.
-const METADATA_VERSION: i16 = 12;
-const LIST_OFFSETS_VERSION: i16 = 7;
+/// The newest fetch that still names topics (Fetch 13 names them by id), served by Kafka 3.x
+/// and 4.x.
 const FETCH_VERSION: i16 = 12;
 
 const CLIENT_ID: &str = "socket-edge";
 /// The broker answers a fetch as soon as one record is there; this only bounds idle fetches.
 const FETCH_WAIT: Duration = Duration::from_millis(100);
-/// What one fetch may bring: records are delivered before the next fetch, so this bounds the
-/// memory of a read-back too.
+/// What one fetch may bring (within the largest answer `writer::wire` accepts): records are
+/// delivered before the next fetch, so this bounds the memory of a read-back too.
 const FETCH_MAX_BYTES: i32 = 4 << 20;
 /// Above the broker's default largest batch (`message.max.bytes`, 1 MiB and 12 bytes); the
 /// first partition of each answer gets its first batch whatever its size, and the partitions
 /// take turns at being first.
 const PARTITION_MAX_BYTES: i32 = 2 << 20;
-/// The largest answer accepted: a fetch's limit, with room for its framing.
-const MAX_FRAME: usize = 2 * FETCH_MAX_BYTES as usize;
-const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
-/// How long a broker has to answer a request, beyond what the request lets it wait.
-const ANSWER_PATIENCE: Duration = Duration::from_secs(10);
 /// Pauses before asking the cluster again after a failure: doubling from the first to the last.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
@@ -82,275 +68,6 @@ pub struct Record {
     /// Kafka's timestamp of the record (ms since the epoch), when it has one.
     pub timestamp: Option<i64>,
     pub payload: Option<Bytes>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("{address}: {source}")]
-    Io {
-        address: String,
-        source: std::io::Error,
-    },
-    #[error("{address}: no answer within {patience:?}")]
-    Timeout { address: String, patience: Duration },
-    #[error("an answer that does not decode: {0}")]
-    Protocol(String),
-    #[error("{0}")]
-    Cluster(String),
-}
-
-fn protocol(e: impl std::fmt::Display) -> ReadError {
-    ReadError::Protocol(e.to_string())
-}
-
-/// `host:port`, with an IPv6 host in brackets.
-fn address(host: &str, port: i32) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-/// The name of a Kafka error code, for logs.
-fn code_name(code: i16) -> String {
-    ResponseError::try_from_code(code)
-        .map(|e| format!("{e:?}"))
-        .unwrap_or_else(|| format!("error code {code}"))
-}
-
-/// A request this reader sends, and its answer. (kafka-protocol's own `Request` needs the
-/// broker's side of each message too.)
-trait Ask: Encodable + HeaderVersion {
-    const KEY: ApiKey;
-    type Answer: Decodable + HeaderVersion;
-}
-
-impl Ask for MetadataRequest {
-    const KEY: ApiKey = ApiKey::Metadata;
-    type Answer = MetadataResponse;
-}
-
-impl Ask for ListOffsetsRequest {
-    const KEY: ApiKey = ApiKey::ListOffsets;
-    type Answer = ListOffsetsResponse;
-}
-
-impl Ask for FetchRequest {
-    const KEY: ApiKey = ApiKey::Fetch;
-    type Answer = FetchResponse;
-}
-
-/// One connection to a broker, one request at a time.
-struct Connection {
-    address: String,
-    stream: TcpStream,
-    /// What was read and not yet taken: the start of the next answer.
-    read: BytesMut,
-    correlation: i32,
-}
-
-impl Connection {
-    async fn open(address: &str) -> Result<Self, ReadError> {
-        let io = |source| ReadError::Io {
-            address: address.to_owned(),
-            source,
-        };
-        let stream = tokio::time::timeout(CONNECT_PATIENCE, TcpStream::connect(address))
-            .await
-            .map_err(|_| ReadError::Timeout {
-                address: address.to_owned(),
-                patience: CONNECT_PATIENCE,
-            })?
-            .map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        Ok(Self {
-            address: address.to_owned(),
-            stream,
-            read: BytesMut::new(),
-            correlation: 0,
-        })
-    }
-
-    /// Sends `request` and waits for its answer, for at most `wait` plus [`ANSWER_PATIENCE`].
-    async fn call<R: Ask>(
-        &mut self,
-        version: i16,
-        request: &R,
-        wait: Duration,
-    ) -> Result<R::Answer, ReadError> {
-        let patience = wait + ANSWER_PATIENCE;
-        tokio::time::timeout(patience, self.exchange(version, request))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ReadError::Timeout {
-                    address: self.address.clone(),
-                    patience,
-                })
-            })
-    }
-
-    async fn exchange<R: Ask>(
-        &mut self,
-        version: i16,
-        request: &R,
-    ) -> Result<R::Answer, ReadError> {
-        self.correlation = self.correlation.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
-        let mut out = BytesMut::with_capacity(256);
-        out.put_i32(0);
-        header
-            .encode(&mut out, R::header_version(version))
-            .map_err(protocol)?;
-        request.encode(&mut out, version).map_err(protocol)?;
-        let size = i32::try_from(out.len() - 4).map_err(protocol)?;
-        out[..4].copy_from_slice(&size.to_be_bytes());
-        self.stream
-            .write_all(&out)
-            .await
-            .map_err(|source| ReadError::Io {
-                address: self.address.clone(),
-                source,
-            })?;
-
-        let mut answer = self.read_frame().await?;
-        let header = ResponseHeader::decode(&mut answer, R::Answer::header_version(version))
-            .map_err(protocol)?;
-        if header.correlation_id != self.correlation {
-            return Err(ReadError::Protocol(format!(
-                "{}: an answer to request {} where {} was expected",
-                self.address, header.correlation_id, self.correlation
-            )));
-        }
-        R::Answer::decode(&mut answer, version).map_err(protocol)
-    }
-
-    /// Each of `partitions`' offset at `timestamp` (-2: its first offset, -1: its end), in
-    /// the order asked. (A request may name a partition only once.)
-    async fn offsets(
-        &mut self,
-        topic: &TopicName,
-        partitions: &[i32],
-        timestamp: i64,
-    ) -> Result<Vec<i64>, ReadError> {
-        let request = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![
-                ListOffsetsTopic::default()
-                    .with_name(topic.clone())
-                    .with_partitions(
-                        partitions
-                            .iter()
-                            .map(|&p| {
-                                ListOffsetsPartition::default()
-                                    .with_partition_index(p)
-                                    .with_current_leader_epoch(-1)
-                                    .with_timestamp(timestamp)
-                            })
-                            .collect(),
-                    ),
-            ]);
-        let answer = self
-            .call(LIST_OFFSETS_VERSION, &request, Duration::ZERO)
-            .await?;
-        let mut offsets = vec![None; partitions.len()];
-        for p in answer
-            .topics
-            .iter()
-            .filter(|t| &t.name == topic)
-            .flat_map(|t| &t.partitions)
-        {
-            if p.error_code != 0 {
-                return Err(ReadError::Cluster(format!(
-                    "{}: the offsets of partition {}: {}",
-                    self.address,
-                    p.partition_index,
-                    code_name(p.error_code)
-                )));
-            }
-            if let Some(i) = partitions.iter().position(|&q| q == p.partition_index) {
-                offsets[i] = Some(p.offset);
-            }
-        }
-        offsets.into_iter().collect::<Option<_>>().ok_or_else(|| {
-            ReadError::Cluster(format!(
-                "{}: no offsets for some of partitions {partitions:?}",
-                self.address
-            ))
-        })
-    }
-
-    /// The next size-prefixed answer, without its size.
-    async fn read_frame(&mut self) -> Result<Bytes, ReadError> {
-        while self.read.len() < 4 {
-            self.fill(4).await?;
-        }
-        let size = i32::from_be_bytes(self.read[..4].try_into().expect("four bytes"));
-        let size = usize::try_from(size)
-            .ok()
-            .filter(|&size| size <= MAX_FRAME)
-            .ok_or_else(|| {
-                ReadError::Protocol(format!("{}: an answer of {size} bytes", self.address))
-            })?;
-        while self.read.len() < 4 + size {
-            self.fill(4 + size).await?;
-        }
-        let mut frame = self.read.split_to(4 + size).freeze();
-        frame.advance(4);
-        Ok(frame)
-    }
-
-    /// Reads what the socket has, with room for at least `want` bytes in all.
-    async fn fill(&mut self, want: usize) -> Result<(), ReadError> {
-        self.read
-            .reserve(want.saturating_sub(self.read.len()).max(16 << 10));
-        match self.stream.read_buf(&mut self.read).await {
-            Ok(0) => Err(ReadError::Io {
-                address: self.address.clone(),
-                source: std::io::ErrorKind::UnexpectedEof.into(),
-            }),
-            Ok(_) => Ok(()),
-            Err(source) => Err(ReadError::Io {
-                address: self.address.clone(),
-                source,
-            }),
-        }
-    }
-}
-
-/// Who leads each partition of the topic, and where the brokers are.
-struct Leaders {
-    addresses: BTreeMap<i32, String>,
-    /// Each partition's leader, by partition number.
-    leaders: Vec<i32>,
-}
-
-impl Leaders {
-    /// The partitions each broker leads, with its address.
-    fn by_broker(&self, partitions: usize) -> Result<Vec<(String, Vec<i32>)>, ReadError> {
-        if self.leaders.len() < partitions {
-            return Err(ReadError::Cluster(format!(
-                "the topic has {} partitions, not {partitions}",
-                self.leaders.len()
-            )));
-        }
-        let mut led: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-        for (partition, &leader) in self.leaders.iter().enumerate().take(partitions) {
-            led.entry(leader).or_default().push(partition as i32);
-        }
-        led.into_iter()
-            .map(|(broker, partitions)| {
-                let address = self.addresses.get(&broker).ok_or_else(|| {
-                    ReadError::Cluster(format!("partitions {partitions:?} have no leader"))
-                })?;
-                Ok((address.clone(), partitions))
-            })
-            .collect()
-    }
 }
 
 /// A connection fetching the partitions its broker leads.
@@ -389,10 +106,8 @@ struct Failing {
 /// Reads every partition of one topic.
 pub struct LogReader {
     topic: TopicName,
-    /// Where to ask for the cluster's metadata: the configured brokers first, then those the
-    /// cluster named.
-    bootstrap: Vec<String>,
-    known: Vec<String>,
+    /// Where to ask who leads what.
+    cluster: Cluster,
     /// The next offset to fetch, by partition ([`UNREAD`] for a partition not read).
     next: Vec<i64>,
     fetching: FuturesUnordered<BoxFuture<'static, Fetched>>,
@@ -409,16 +124,9 @@ impl LogReader {
     /// A reader of `topic` on the cluster `brokers` (comma-separated `host:port`) leads to.
     /// Connecting waits for the first read.
     pub fn new(brokers: &str, topic: &str) -> Self {
-        let bootstrap = brokers
-            .split(',')
-            .map(str::trim)
-            .filter(|b| !b.is_empty())
-            .map(str::to_owned)
-            .collect();
         Self {
             topic: TopicName(StrBytes::from_string(topic.to_owned())),
-            bootstrap,
-            known: Vec::new(),
+            cluster: Cluster::new(brokers),
             next: Vec::new(),
             fetching: FuturesUnordered::new(),
             retry_at: None,
@@ -431,11 +139,11 @@ impl LogReader {
     /// Each partition's first offset and end (the offset its next record will have), in
     /// partition order.
     pub async fn bounds(&mut self) -> Result<Vec<(i64, i64)>, ReadError> {
-        let leaders = self.leaders().await?;
+        let leaders = self.cluster.leaders(&self.topic, CLIENT_ID).await?;
         let partitions = leaders.leaders.len();
         let mut bounds = vec![(0, 0); partitions];
         for (address, led) in leaders.by_broker(partitions)? {
-            let mut connection = Connection::open(&address).await?;
+            let mut connection = Connection::open(&address, CLIENT_ID).await?;
             let first = connection.offsets(&self.topic, &led, -2).await?;
             let end = connection.offsets(&self.topic, &led, -1).await?;
             for ((&p, first), end) in led.iter().zip(first).zip(end) {
@@ -600,7 +308,7 @@ impl LogReader {
 
     /// Connects to each partition's leader.
     async fn connect(&mut self) -> Result<Vec<Session>, ReadError> {
-        let leaders = self.leaders().await?;
+        let leaders = self.cluster.leaders(&self.topic, CLIENT_ID).await?;
         if leaders.leaders.len() > self.next.len() {
             tracing::warn!(
                 partitions = leaders.leaders.len(),
@@ -615,109 +323,11 @@ impl LogReader {
                 continue;
             }
             sessions.push(Session {
-                connection: Connection::open(&address).await?,
+                connection: Connection::open(&address, CLIENT_ID).await?,
                 partitions,
             });
         }
         Ok(sessions)
-    }
-
-    /// Asks the configured brokers, then those the cluster named before, who leads what.
-    async fn leaders(&mut self) -> Result<Leaders, ReadError> {
-        let mut last = ReadError::Cluster("no broker is configured".into());
-        let candidates: Vec<String> = self
-            .bootstrap
-            .iter()
-            .chain(self.known.iter().filter(|a| !self.bootstrap.contains(a)))
-            .cloned()
-            .collect();
-        for candidate in candidates {
-            let attempt = async {
-                let mut connection = Connection::open(&candidate).await?;
-                let request = MetadataRequest::default()
-                    .with_topics(Some(vec![
-                        MetadataRequestTopic::default().with_name(Some(self.topic.clone())),
-                    ]))
-                    .with_allow_auto_topic_creation(false);
-                connection
-                    .call(METADATA_VERSION, &request, Duration::ZERO)
-                    .await
-            };
-            match attempt.await {
-                Ok(metadata) => {
-                    self.known = metadata
-                        .brokers
-                        .iter()
-                        .map(|b| address(b.host.as_str(), b.port))
-                        .collect();
-                    return self.leaders_in(metadata);
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    fn leaders_in(&self, metadata: MetadataResponse) -> Result<Leaders, ReadError> {
-        let addresses: BTreeMap<i32, String> = metadata
-            .brokers
-            .iter()
-            .map(|b| (b.node_id.0, address(b.host.as_str(), b.port)))
-            .collect();
-        let topic = metadata
-            .topics
-            .iter()
-            .find(|t| t.name.as_ref() == Some(&self.topic))
-            .ok_or_else(|| ReadError::Cluster(format!("no topic {}", self.topic.as_str())))?;
-        if topic.error_code != 0 {
-            return Err(ReadError::Cluster(format!(
-                "topic {}: {}",
-                self.topic.as_str(),
-                code_name(topic.error_code)
-            )));
-        }
-        let mut leaders = vec![-1; topic.partitions.len()];
-        for p in &topic.partitions {
-            let leader = usize::try_from(p.partition_index)
-                .ok()
-                .and_then(|i| leaders.get_mut(i))
-                .ok_or_else(|| {
-                    ReadError::Cluster(format!(
-                        "topic {} reports partition {} of {}",
-                        self.topic.as_str(),
-                        p.partition_index,
-                        topic.partitions.len()
-                    ))
-                })?;
-            if p.error_code != 0 && p.leader_id.0 < 0 {
-                return Err(ReadError::Cluster(format!(
-                    "partition {}: {}",
-                    p.partition_index,
-                    code_name(p.error_code)
-                )));
-            }
-            if !addresses.contains_key(&p.leader_id.0) {
-                return Err(ReadError::Cluster(format!(
-                    "partition {} has no leader",
-                    p.partition_index
-                )));
-            }
-            *leader = p.leader_id.0;
-        }
-        if leaders.is_empty() {
-            return Err(ReadError::Cluster(format!(
-                "topic {} has no partitions",
-                self.topic.as_str()
-            )));
-        }
-        // An answer that named a partition twice named another not at all.
-        if let Some(missing) = leaders.iter().position(|&leader| leader < 0) {
-            return Err(ReadError::Cluster(format!(
-                "topic {}: no word on partition {missing}",
-                self.topic.as_str()
-            )));
-        }
-        Ok(Leaders { addresses, leaders })
     }
 
     /// Puts `session`'s next fetch in flight, from the partitions' current positions.
@@ -932,6 +542,7 @@ pub fn take_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
     use kafka_protocol::records::{
         Compression, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };

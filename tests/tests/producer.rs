@@ -104,7 +104,7 @@ fn a_writer_whose_runtime_has_shut_down_fails_its_appends_instead_of_waiting() {
         matches!(
             outcome,
             Err(writer::AppendError::Unacknowledged {
-                source: rdkafka::error::KafkaError::Canceled,
+                source: writer::ProduceError::Stopped,
                 ..
             })
         ),

@@ -1,26 +1,28 @@
 //! The writer: validated commands become events appended to the log.
 //!
-//! Nobody else appends to `chat.events`. The producer is idempotent with `acks=all`, and
-//! [`Writer::append`] returns only once Kafka acknowledged the record, with its position: a
-//! command is acknowledged to a client only after its event is durable in the log.
+//! Nobody else appends to `chat.events`. The producer ([`Appender`]) is idempotent with
+//! `acks=all`, and [`Writer::append`] returns only once Kafka acknowledged the record, with its
+//! position: a command is acknowledged to a client only after its event is durable in the log.
 //!
-//! While librdkafka reports every broker down, appends fail at once instead of each waiting out
-//! the delivery timeout: one append at a time first asks the broker for metadata (briefly), and
+//! While no broker answers the producer, appends fail at once instead of each waiting out the
+//! delivery timeout: one append at a time first asks the broker for metadata (briefly), and
 //! the others are refused with [`AppendError::Unreachable`]. Nothing refused was queued, so a
 //! refusal never turns into a late, unacknowledged record.
 
 pub mod admin;
+pub mod appender;
 pub mod producer;
+pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use events::Envelope;
-use rdkafka::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureRecord;
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::protocol::StrBytes;
 
+pub use appender::{Appender, ProduceError};
 pub use producer::Producer;
 
 /// The development broker of `scripts/stack`: the one default every binary, bench and test uses.
@@ -63,7 +65,7 @@ pub enum AppendError {
         type_name: &'static str,
         timeout: Duration,
         #[source]
-        source: KafkaError,
+        source: ProduceError,
     },
     #[error(
         "the event log is unreachable (every Kafka broker is down); {type_name} was not appended"
@@ -78,25 +80,24 @@ pub enum AppendError {
     },
 }
 
-/// How long Kafka has to acknowledge a record once it is queued (librdkafka's
-/// `message.timeout.ms`, retries included).
+/// How long Kafka has to acknowledge a record once it is queued, retries included.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest an append waits for room in the producer's queue.
-const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How much longer than the delivery timeout a record may wait when the timeout passes while a
+/// request carrying it is under way (the request's own patience).
+const IN_FLIGHT_PATIENCE: Duration = Duration::from_secs(7);
 
 /// Longest the probe of a log marked down may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The slowest possible append: the probe, the wait for room in the queue, the delivery
-/// timeout, and a second for librdkafka's timeout scan. [`Writer::append`] never takes longer
-/// (it gives up then, whatever Kafka does later), so whoever waits for an append in flight
-/// (a retried send, say) knows when it has ended.
+/// The slowest possible append: the probe, the delivery timeout, and the patience of a request
+/// under way when it passes. [`Writer::append`] never takes longer (it gives up then, whatever
+/// Kafka does later), so whoever waits for an append in flight (a retried send, say) knows
+/// when it has ended.
 pub const LONGEST_APPEND: Duration = Duration::from_millis(
     PROBE_TIMEOUT.as_millis() as u64
-        + QUEUE_TIMEOUT.as_millis() as u64
         + DELIVERY_TIMEOUT.as_millis() as u64
-        + 1_000,
+        + IN_FLIGHT_PATIENCE.as_millis() as u64,
 );
 
 /// Clears its flag when dropped.
@@ -111,42 +112,26 @@ impl Drop for Clears<'_> {
 /// Appends events to the log.
 #[derive(Clone)]
 pub struct Writer {
-    producer: Producer,
+    appender: Appender,
     /// An append is asking Kafka whether it is back (one at a time).
     probing: Arc<AtomicBool>,
     topic: String,
+    brokers: String,
     /// How long a record may wait for Kafka before the append fails (and the client hears so).
     delivery_timeout: Duration,
 }
 
 impl Writer {
-    /// A writer for `args.topic`. Connecting is lazy: an unreachable broker surfaces as append
-    /// errors and as not-ready, never as a crash. Must be created within the Tokio runtime
-    /// that serves its acknowledgements (it must outlive the writer).
-    pub fn new(args: &KafkaArgs) -> Result<Self, KafkaError> {
+    /// A writer for `args.topic`. Connecting starts at once but is not awaited: an unreachable
+    /// broker surfaces as append errors and as not-ready, never as a crash. Must be created
+    /// within the Tokio runtime that serves its producer (it must outlive the writer).
+    pub fn new(args: &KafkaArgs) -> Result<Self, ProduceError> {
         let delivery_timeout = DELIVERY_TIMEOUT;
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &args.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // Small batches: a chat message should not wait for company (nor for Nagle's
-            // algorithm holding a small request back until the previous one is acknowledged).
-            .set("linger.ms", "1")
-            .set("socket.nagle.disable", "true")
-            .set(
-                "message.timeout.ms",
-                delivery_timeout.as_millis().to_string(),
-            )
-            // The Java client's partitioner, so every Kafka tool agrees on a key's partition.
-            .set("partitioner", "murmur2_random")
-            // Reconnect within a second of a broker's return (librdkafka's default backs off to
-            // 10 s), so an outage ends for our clients when it ends for Kafka.
-            .set("reconnect.backoff.max.ms", "1000");
         Ok(Self {
-            producer: Producer::new(&config)?,
+            appender: Appender::new(&args.brokers, &args.topic, delivery_timeout)?,
             probing: Arc::default(),
             topic: args.topic.clone(),
+            brokers: args.brokers.clone(),
             delivery_timeout,
         })
     }
@@ -166,21 +151,23 @@ impl Writer {
         }
         let key = envelope.key();
         let value = envelope.encode();
-        if self.producer.brokers_down() && !self.probe().await {
+        if self.appender.brokers_down() && !self.probe().await {
             metrics::counter!("chat_append_failures_total", "type" => type_name).increment(1);
             return Err(AppendError::Unreachable { type_name });
         }
-        let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
         let started = Instant::now();
-        // librdkafka times the record out first; this bound holds whatever it does.
+        // The producer times the record out first; this bound holds whatever it does.
         let outcome = tokio::time::timeout(
             LONGEST_APPEND - PROBE_TIMEOUT,
-            self.producer.send(record, QUEUE_TIMEOUT),
+            self.appender.send(key.into(), value.into()),
         )
         .await
-        .unwrap_or(Err(KafkaError::MessageProduction(
-            RDKafkaErrorCode::MessageTimedOut,
-        )));
+        .unwrap_or_else(|_| {
+            Err(ProduceError::TimedOut {
+                timeout: LONGEST_APPEND - PROBE_TIMEOUT,
+                trouble: "the append's own bound passed".into(),
+            })
+        });
         metrics::histogram!("chat_append_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(position) => {
@@ -216,24 +203,15 @@ impl Writer {
         self.answers_metadata(Duration::from_secs(2)).await
     }
 
-    /// Asks for the topic's metadata; an answer also clears the "all brokers down" mark.
+    /// Asks for the topic's leaders; an answer also clears the "brokers down" mark.
     async fn answers_metadata(&self, timeout: Duration) -> bool {
-        let producer = self.producer.clone();
-        let topic = self.topic.clone();
-        let answered = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), timeout)
-                .is_ok_and(|m| {
-                    m.topics()
-                        .iter()
-                        .any(|t| t.name() == topic && t.error().is_none())
-                })
-        })
-        .await
-        .unwrap_or(false);
+        let topic = TopicName(StrBytes::from_string(self.topic.clone()));
+        let mut cluster = wire::Cluster::new(&self.brokers);
+        let answered = tokio::time::timeout(timeout, cluster.leaders(&topic, appender::CLIENT_ID))
+            .await
+            .is_ok_and(|leaders| leaders.is_ok());
         if answered {
-            self.producer.mark_reachable();
+            self.appender.mark_reachable();
         }
         answered
     }
@@ -246,23 +224,25 @@ mod tests {
 
     use super::*;
 
-    /// A writer whose broker is marked down: nothing listens on port 1 of this host, so
-    /// librdkafka gives every broker up at once.
-    async fn writer_with_brokers_down() -> Writer {
+    /// A writer whose broker is marked down: its "broker" accepts connections and never
+    /// answers, so the producer's first attempt to learn the leaders times out, and every probe
+    /// waits out its whole timeout (as it does when a broker's host is gone from the network).
+    async fn writer_with_brokers_down() -> (Writer, tokio::net::TcpListener) {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let writer = Writer::new(&KafkaArgs {
-            brokers: "127.0.0.1:1".into(),
+            brokers: silent.local_addr().unwrap().to_string(),
             topic: "probe-test".into(),
         })
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !writer.producer.brokers_down() {
+        while !writer.appender.brokers_down() {
             assert!(
                 Instant::now() < deadline,
                 "the brokers are never marked down"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        writer
+        (writer, silent)
     }
 
     fn read() -> Envelope {
@@ -274,7 +254,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_append_cancelled_while_it_probes_leaves_the_next_to_probe_again() {
-        let writer = writer_with_brokers_down().await;
+        let (writer, _silent) = writer_with_brokers_down().await;
         // Its caller gives up (a client gone, a timeout) while it asks Kafka.
         assert!(
             tokio::time::timeout(Duration::from_millis(50), writer.append(&read()))
