@@ -54,6 +54,10 @@ const ANSWER_PATIENCE: Duration = Duration::from_secs(7);
 const BATCH_BYTES: usize = 512 << 10;
 /// Records waiting in all: beyond this an append is refused at once, not queued.
 const MOST_QUEUED: usize = 100_000;
+/// Kafka's error codes for a batch refused because the broker does not know the producer, or
+/// expected other sequence numbers.
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+const UNKNOWN_PRODUCER_ID: i16 = 59;
 /// Pauses before asking the cluster again after a failure: doubling from the first to the last.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
@@ -252,6 +256,17 @@ struct Flight {
     batch: Bytes,
     /// A request carrying it is under way.
     sent: bool,
+}
+
+impl Partition {
+    /// Puts the batch's records back at the head of the queue, to be numbered anew.
+    fn requeue(&mut self) {
+        if let Some(flight) = self.flight.take() {
+            let mut records: VecDeque<Queued> = flight.records.into();
+            records.append(&mut self.queue);
+            self.queue = records;
+        }
+    }
 }
 
 impl Flight {
@@ -453,10 +468,7 @@ impl Task {
                 }
                 if flight.identity != identity {
                     // Given a new identity since it was encoded: numbered anew.
-                    let mut records: VecDeque<Queued> = std::mem::take(&mut flight.records).into();
-                    records.append(&mut partition.queue);
-                    partition.queue = records;
-                    partition.flight = None;
+                    partition.requeue();
                 }
             }
             if partition.flight.is_none() && !partition.queue.is_empty() {
@@ -567,6 +579,18 @@ impl Task {
                         }));
                     }
                     self.pause = FIRST_PAUSE;
+                }
+                UNKNOWN_PRODUCER_ID | OUT_OF_ORDER_SEQUENCE_NUMBER => {
+                    // Refused, so not written: the broker forgot this producer (its state
+                    // expires after a quiet spell) or missed numbers of a batch given up. The
+                    // records go again under a new producer id.
+                    partition.requeue();
+                    self.identity = None;
+                    retry = Some(format!(
+                        "partition {}: {}",
+                        answer.index,
+                        code_name(answer.error_code)
+                    ));
                 }
                 code if ResponseError::try_from_code(code).is_some_and(|e| e.is_retriable()) => {
                     // Sent again, with the same numbers, once the pause is over.
