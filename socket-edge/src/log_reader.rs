@@ -30,7 +30,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use tokio::time::Instant;
 pub use writer::wire::WireError as ReadError;
-use writer::wire::{Cluster, Connection, code_name};
+use writer::wire::{Backoff, Cluster, Connection, code_name};
 
 /// The newest fetch that still names topics (Fetch 13 names them by id), served by Kafka 3.x
 /// and 4.x.
@@ -46,9 +46,6 @@ const FETCH_MAX_BYTES: i32 = 4 << 20;
 /// first partition of each answer gets its first batch whatever its size, and the partitions
 /// take turns at being first.
 const PARTITION_MAX_BYTES: i32 = 2 << 20;
-/// Pauses before asking the cluster again after a failure: doubling from the first to the last.
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 /// A connection that lasted this long without a failure starts the pauses again from the first.
 const STABLE: Duration = Duration::from_secs(10);
 /// How many fetches a batch that does not decode gets before it is passed over: a batch
@@ -113,7 +110,7 @@ pub struct LogReader {
     fetching: FuturesUnordered<BoxFuture<'static, Fetched>>,
     /// After a failure: when to ask the cluster again, and the pause after the next failure.
     retry_at: Option<Instant>,
-    pause: Duration,
+    backoff: Backoff,
     /// When the sessions now fetching were connected.
     connected_at: Option<Instant>,
     /// The last batch that did not decode.
@@ -130,7 +127,7 @@ impl LogReader {
             next: Vec::new(),
             fetching: FuturesUnordered::new(),
             retry_at: None,
-            pause: FIRST_PAUSE,
+            backoff: Backoff::default(),
             connected_at: None,
             failing: None,
         }
@@ -246,12 +243,11 @@ impl LogReader {
             .take()
             .is_some_and(|at| at.elapsed() >= STABLE)
         {
-            self.pause = FIRST_PAUSE;
+            self.backoff.reset();
         }
-        tracing::warn!(error = %e, pause = ?self.pause, "reading the log failed; asking the cluster for the leaders again");
+        tracing::warn!(error = %e, pause = ?self.backoff.pause(), "reading the log failed; asking the cluster for the leaders again");
         metrics::counter!("chat_ws_log_read_failures_total").increment(1);
-        self.retry_at = Some(Instant::now() + self.pause);
-        self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+        self.retry_at = Some(Instant::now() + self.backoff.take());
     }
 
     /// Puts in flight a request for the bounds of `partitions`, whose positions the broker

@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::Position;
-use crate::wire::{Cluster, Connection, Leaders, WireError, code_name};
+use crate::wire::{Backoff, Cluster, Connection, Leaders, WireError, code_name};
 
 /// Produce 9 is the first flexible version (Kafka 2.8); Kafka 4 serves 3 to 12.
 const PRODUCE_VERSION: i16 = 9;
@@ -58,9 +58,6 @@ const MOST_QUEUED: usize = 100_000;
 /// expected other sequence numbers.
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const UNKNOWN_PRODUCER_ID: i16 = 59;
-/// Pauses before asking the cluster again after a failure: doubling from the first to the last.
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 /// How often records waiting for a pause to end are checked against their timeout.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
@@ -126,7 +123,8 @@ impl Appender {
             requests: FuturesUnordered::new(),
             busy: HashSet::new(),
             retry_at: None,
-            pause: FIRST_PAUSE,
+            backoff: Backoff::default(),
+            next_check: Instant::now(),
             trouble: "none".into(),
         };
         runtime.spawn(task.run());
@@ -304,13 +302,18 @@ struct Task {
     busy: HashSet<i32>,
     /// After a failure: nothing is asked or sent before this.
     retry_at: Option<Instant>,
-    pause: Duration,
+    backoff: Backoff,
+    /// When records waiting out a pause are next checked against their timeout.
+    next_check: Instant,
     /// The last failure, for the records that time out.
     trouble: String,
 }
 
 impl Task {
     async fn run(mut self) {
+        // One timer for the task, armed again only when its deadline changes.
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+        let mut armed = None;
         loop {
             let now = Instant::now();
             self.expire(now);
@@ -326,11 +329,20 @@ impl Task {
                     self.dispatch();
                 }
             }
-            let tick = (!self.is_idle()).then(|| now + EXPIRY_TICK);
+            if self.next_check <= now {
+                self.next_check = now + EXPIRY_TICK;
+            }
+            let tick = (!self.is_idle()).then_some(self.next_check);
             let wake = match (self.retry_at, tick) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            if let Some(at) = wake
+                && (armed != Some(at) || timer.is_elapsed())
+            {
+                timer.as_mut().reset(at);
+                armed = Some(at);
+            }
             tokio::select! {
                 Some(outcome) = self.requests.next(), if !self.requests.is_empty() => {
                     self.answered(outcome);
@@ -344,7 +356,7 @@ impl Task {
                     }
                     None => self.open = false,
                 },
-                () = sleep_until(wake) => {}
+                () = &mut timer, if wake.is_some() => {}
             }
         }
     }
@@ -421,34 +433,7 @@ impl Task {
             self.place(record);
         }
     }
-}
 
-/// Asks the broker at `address` for a producer id.
-async fn init_producer_id(address: Option<String>) -> Result<Identity, WireError> {
-    let address =
-        address.ok_or_else(|| WireError::Cluster("the cluster names no broker".into()))?;
-    let mut connection = Connection::open(&address, CLIENT_ID).await?;
-    let request = InitProducerIdRequest::default()
-        .with_transactional_id(None)
-        .with_transaction_timeout_ms(60_000)
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1);
-    let answer = connection
-        .call(INIT_PRODUCER_ID_VERSION, &request, Duration::ZERO)
-        .await?;
-    if answer.error_code != 0 {
-        return Err(WireError::Cluster(format!(
-            "{address}: a producer id: {}",
-            code_name(answer.error_code)
-        )));
-    }
-    Ok(Identity {
-        id: answer.producer_id.0,
-        epoch: answer.producer_epoch,
-    })
-}
-
-impl Task {
     /// Sends, to each broker with no request under way, every batch it leads that waits.
     fn dispatch(&mut self) {
         let (Some(leaders), Some(identity)) = (&self.leaders, self.identity) else {
@@ -578,7 +563,7 @@ impl Task {
                             offset: answer.base_offset + i as i64,
                         }));
                     }
-                    self.pause = FIRST_PAUSE;
+                    self.backoff.reset();
                 }
                 UNKNOWN_PRODUCER_ID | OUT_OF_ORDER_SEQUENCE_NUMBER => {
                     // Refused, so not written: the broker forgot this producer (its state
@@ -692,13 +677,37 @@ impl Task {
 
     /// After a failure: forget the leaders, and ask again after a pause.
     fn failed(&mut self, e: WireError) {
-        tracing::warn!(error = %e, pause = ?self.pause, "appending to the log failed; asking the cluster for the leaders again");
+        tracing::warn!(error = %e, pause = ?self.backoff.pause(), "appending to the log failed; asking the cluster for the leaders again");
         metrics::counter!("chat_append_retries_total").increment(1);
         self.trouble = e.to_string();
         self.leaders = None;
-        self.retry_at = Some(Instant::now() + self.pause);
-        self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+        self.retry_at = Some(Instant::now() + self.backoff.take());
     }
+}
+
+/// Asks the broker at `address` for a producer id.
+async fn init_producer_id(address: Option<String>) -> Result<Identity, WireError> {
+    let address =
+        address.ok_or_else(|| WireError::Cluster("the cluster names no broker".into()))?;
+    let mut connection = Connection::open(&address, CLIENT_ID).await?;
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let answer = connection
+        .call(INIT_PRODUCER_ID_VERSION, &request, Duration::ZERO)
+        .await?;
+    if answer.error_code != 0 {
+        return Err(WireError::Cluster(format!(
+            "{address}: a producer id: {}",
+            code_name(answer.error_code)
+        )));
+    }
+    Ok(Identity {
+        id: answer.producer_id.0,
+        epoch: answer.producer_epoch,
+    })
 }
 
 /// Takes the records of partition `index`'s next batch off its queue and encodes them.
@@ -749,13 +758,6 @@ fn form(index: usize, partition: &mut Partition, identity: Identity) -> Flight {
         records,
         batch: batch.freeze(),
         sent: false,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -28,6 +28,41 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a broker has to answer a request, beyond what the request lets it wait.
 const ANSWER_PATIENCE: Duration = Duration::from_secs(10);
 
+/// The pauses before asking a cluster again after failures: doubling from 100 ms to a second,
+/// so an outage ends for a client within a second of its end for Kafka.
+#[derive(Debug)]
+pub struct Backoff {
+    pause: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const LONGEST: Duration = Duration::from_secs(1);
+
+    /// The pause before the next attempt.
+    pub fn pause(&self) -> Duration {
+        self.pause
+    }
+
+    /// Takes the current pause and doubles the next one.
+    pub fn take(&mut self) -> Duration {
+        let pause = self.pause;
+        self.pause = (pause * 2).min(Self::LONGEST);
+        pause
+    }
+
+    /// Starts again from the first pause.
+    pub fn reset(&mut self) {
+        self.pause = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { pause: Self::FIRST }
+    }
+}
+
 /// Why a request got no usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -45,7 +80,7 @@ pub enum WireError {
 }
 
 /// An answer that does not decode, or a request that does not encode.
-pub fn protocol(e: impl std::fmt::Display) -> WireError {
+fn protocol(e: impl std::fmt::Display) -> WireError {
     WireError::Protocol(e.to_string())
 }
 
