@@ -60,10 +60,7 @@ async fn main() -> anyhow::Result<()> {
     let topic = format!("bench.rest.{}", Uuid::new_v4().simple());
     writer::admin::ensure_topic(&brokers, &topic, 8).await?;
 
-    let kafka = writer::KafkaArgs {
-        brokers: brokers.clone(),
-        topic: topic.clone(),
-    };
+    let kafka = writer::KafkaArgs::new(brokers.clone(), topic.clone());
     println!("seeding {conversations} conversations, {messages} messages, {users} users ...");
     let seed = Seed {
         conversations,

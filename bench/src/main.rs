@@ -553,10 +553,8 @@ async fn load(
 async fn floor(args: &Args, shape: Shape, run: &str) -> anyhow::Result<Histogram<u64>> {
     let topic = format!("{}.floor-{run}", args.kafka.topic);
     writer::admin::ensure_topic(&args.kafka.brokers, &topic, 1).await?;
-    let kafka = writer::KafkaArgs {
-        brokers: args.kafka.brokers.clone(),
-        topic: topic.clone(),
-    };
+    // A raw round trip: appends sent at once, whatever linger the stack's writers use.
+    let kafka = writer::KafkaArgs::new(args.kafka.brokers.clone(), topic.clone()).without_linger();
     let writer = writer::Writer::new(&kafka)?;
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)

@@ -116,10 +116,7 @@ impl TestEnv {
     }
 
     pub fn kafka_args(&self) -> writer::KafkaArgs {
-        writer::KafkaArgs {
-            brokers: self.brokers.clone(),
-            topic: self.topic.clone(),
-        }
+        writer::KafkaArgs::new(self.brokers.clone(), self.topic.clone())
     }
 
     /// A pool on this test's database.

@@ -67,10 +67,10 @@ async fn every_append_is_acknowledged_on_a_multi_threaded_runtime() {
 
 #[test]
 fn a_writer_without_a_runtime_to_serve_it_is_refused() {
-    let refused = writer::Writer::new(&writer::KafkaArgs {
-        brokers: writer::DEFAULT_BROKERS.into(),
-        topic: writer::DEFAULT_TOPIC.into(),
-    });
+    let refused = writer::Writer::new(&writer::KafkaArgs::new(
+        writer::DEFAULT_BROKERS,
+        writer::DEFAULT_TOPIC,
+    ));
     let error = refused
         .err()
         .expect("refused outside a runtime")
@@ -86,10 +86,10 @@ fn a_writer_whose_runtime_has_shut_down_fails_its_appends_instead_of_waiting() {
         .unwrap();
     let writer = {
         let _inside = serving.enter();
-        writer::Writer::new(&writer::KafkaArgs {
-            brokers: writer::DEFAULT_BROKERS.into(),
-            topic: writer::DEFAULT_TOPIC.into(),
-        })
+        writer::Writer::new(&writer::KafkaArgs::new(
+            writer::DEFAULT_BROKERS,
+            writer::DEFAULT_TOPIC,
+        ))
         .expect("created within a runtime")
     };
     drop(serving);
@@ -110,4 +110,47 @@ fn a_writer_whose_runtime_has_shut_down_fails_its_appends_instead_of_waiting() {
         ),
         "{outcome:?}"
     );
+}
+
+/// Appends made while the first of them lingers go to the broker together: one produce request
+/// for all of them, every one acknowledged at a position of its own, in the order they were
+/// made.
+#[tokio::test]
+async fn appends_made_while_one_lingers_share_one_request() {
+    let env = TestEnv::new().await;
+    let writer = writer::Writer::new(&writer::KafkaArgs {
+        // Long enough that every append below is queued before the first is due.
+        append_linger_us: 300_000,
+        ..env.kafka_args()
+    })
+    .expect("a writer");
+    // The first append learns the leaders and the producer id.
+    let conversation_id = Uuid::new_v4();
+    writer
+        .append(&message(conversation_id, "alice", "first"))
+        .await
+        .expect("acknowledged");
+    let before = writer.requests_sent();
+
+    // Spread over ~40 ms: without the linger, each would be a request of its own.
+    let appends = (0..20).map(|i| {
+        let writer = writer.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(2 * i)).await;
+            writer
+                .append(&message(conversation_id, "alice", &format!("{i}")))
+                .await
+                .expect("acknowledged")
+        }
+    });
+    let positions = join_all(appends).await;
+    assert_all_distinct(&positions, 20);
+    assert_eq!(
+        writer.requests_sent() - before,
+        1,
+        "twenty appends made within one linger travel in one request"
+    );
+    // One conversation, one partition: the log holds them in the order they were made.
+    let offsets: Vec<i64> = positions.iter().map(|p| p.offset).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
 }

@@ -11,7 +11,10 @@
 //! was first sent with, so the broker writes it once however often it arrives. At most one batch
 //! per partition is in flight, so a retry cannot reorder a partition; the records that queued
 //! meanwhile go together in the next batch (one request per broker carries every partition it
-//! leads that has records).
+//! leads that has records). A broker with no request under way is sent a record once it has
+//! lingered (`CHAT_APPEND_LINGER_US`, timed by a timerfd: tokio's timers round up to the next
+//! millisecond), so that those that come meanwhile share its request: the broker's cost is its
+//! request rate, not its bytes.
 //!
 //! A batch is given up only when the delivery timeout of its records passes. Then the broker may
 //! or may not hold it, so whether its sequence numbers are spent is unknown: the producer asks
@@ -21,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -40,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::Position;
+use crate::linger::PreciseTimer;
 use crate::wire::{Backoff, Cluster, Connection, Leaders, WireError, code_name};
 
 /// Produce 9 is the first flexible version (Kafka 2.8); Kafka 4 serves 3 to 12.
@@ -92,6 +96,8 @@ struct Shared {
     brokers_down: AtomicBool,
     /// Records taken and not yet answered.
     waiting: AtomicUsize,
+    /// Produce requests sent so far.
+    requests: AtomicU64,
 }
 
 impl Appender {
@@ -101,17 +107,21 @@ impl Appender {
         brokers: &str,
         topic: &str,
         delivery_timeout: Duration,
+        linger: Duration,
     ) -> Result<Self, ProduceError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ProduceError::NoRuntime)?;
         let (queue, incoming) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             brokers_down: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
         });
         let task = Task {
             topic: TopicName(StrBytes::from_string(topic.to_owned())),
             cluster: Cluster::new(brokers),
             delivery_timeout,
+            linger,
+            linger_until: None,
             shared: shared.clone(),
             incoming,
             open: true,
@@ -157,6 +167,11 @@ impl Appender {
     /// Whether the last attempt to reach the cluster found no broker, with no answer since.
     pub fn brokers_down(&self) -> bool {
         self.shared.brokers_down.load(Ordering::Acquire)
+    }
+
+    /// Produce requests sent so far (each carries every batch of one broker).
+    pub fn requests_sent(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
     }
 
     /// A broker answered someone else (a probe): clears [`Appender::brokers_down`].
@@ -285,6 +300,11 @@ struct Task {
     topic: TopicName,
     cluster: Cluster,
     delivery_timeout: Duration,
+    /// How long the first record of a batch waits for others before it is sent (when its
+    /// broker has no request under way; one that has sends what queued once it answers).
+    linger: Duration,
+    /// When the oldest record held back by the linger is due.
+    linger_until: Option<Instant>,
     shared: Arc<Shared>,
     incoming: mpsc::UnboundedReceiver<Queued>,
     /// Some [`Appender`] is left to send records.
@@ -314,6 +334,19 @@ impl Task {
         // One timer for the task, armed again only when its deadline changes.
         let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
         let mut armed = None;
+        // The linger's own timer: tokio's would hold a record up to a millisecond longer.
+        let mut lingering = if self.linger.is_zero() {
+            None
+        } else {
+            match PreciseTimer::new() {
+                Ok(timer) => Some(timer),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no timerfd: records are sent without lingering");
+                    self.linger = Duration::ZERO;
+                    None
+                }
+            }
+        };
         loop {
             let now = Instant::now();
             self.expire(now);
@@ -337,6 +370,9 @@ impl Task {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            if let Some(lingering) = &mut lingering {
+                lingering.arm(self.linger_until);
+            }
             if let Some(at) = wake
                 && (armed != Some(at) || timer.is_elapsed())
             {
@@ -357,6 +393,8 @@ impl Task {
                     None => self.open = false,
                 },
                 () = &mut timer, if wake.is_some() => {}
+                () = async { lingering.as_mut().expect("armed").fired().await },
+                    if self.linger_until.is_some() && lingering.is_some() => {}
             }
         }
     }
@@ -439,12 +477,40 @@ impl Task {
         let (Some(leaders), Some(identity)) = (&self.leaders, self.identity) else {
             return;
         };
+        // A broker is due when a batch waits to be sent again, or its oldest record has
+        // lingered long enough; then it takes every partition it leads that has records.
+        // Otherwise the linger of its oldest record is when to look again.
+        let now = Instant::now();
+        let mut due: HashSet<i32> = HashSet::new();
+        let mut lingering: BTreeMap<i32, Instant> = BTreeMap::new();
+        for (index, partition) in self.partitions.iter().enumerate() {
+            let Some(&leader) = leaders.leaders.get(index) else {
+                continue;
+            };
+            if self.busy.contains(&leader) {
+                continue;
+            }
+            let resend = partition.flight.as_ref().is_some_and(|f| !f.sent);
+            let ready_at = partition.queue.front().map(|r| r.queued_at + self.linger);
+            if resend || ready_at.is_some_and(|at| at <= now) {
+                due.insert(leader);
+            } else if let Some(at) = ready_at {
+                let soonest = lingering.entry(leader).or_insert(at);
+                *soonest = (*soonest).min(at);
+            }
+        }
+        let linger_until = lingering
+            .into_iter()
+            .filter(|(broker, _)| !due.contains(broker))
+            .map(|(_, at)| at)
+            .min();
+        self.linger_until = linger_until;
         let mut by_broker: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
         for (index, partition) in self.partitions.iter_mut().enumerate() {
             let Some(&leader) = leaders.leaders.get(index) else {
                 continue;
             };
-            if self.busy.contains(&leader) {
+            if !due.contains(&leader) {
                 continue;
             }
             if let Some(flight) = &mut partition.flight {
@@ -491,6 +557,7 @@ impl Task {
             let connection = self.idle.remove(&broker);
             self.busy.insert(broker);
             metrics::counter!("chat_append_requests_total").increment(1);
+            self.shared.requests.fetch_add(1, Ordering::Relaxed);
             self.requests.push(Box::pin(async move {
                 let mut connection = match connection {
                     Some(connection) => connection,

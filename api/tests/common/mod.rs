@@ -45,11 +45,8 @@ pub fn app(http: &api::HttpArgs) -> Router {
         .acquire_timeout(DATABASE_PATIENCE)
         .connect_lazy("postgres://chat@127.0.0.1:1/chat")
         .expect("a lazy pool");
-    let writer = writer::Writer::new(&writer::KafkaArgs {
-        brokers: "127.0.0.1:1".to_owned(),
-        topic: "in-process.events".to_owned(),
-    })
-    .expect("a producer (it connects only when it sends)");
+    let writer = writer::Writer::new(&writer::KafkaArgs::new("127.0.0.1:1", "in-process.events"))
+        .expect("a producer (it connects only when it sends)");
     let state = api::AppState::new(store::Store::new(pool), writer, verifier, http);
     api::app(state, http, Router::new())
 }

@@ -131,10 +131,10 @@ async fn main() -> anyhow::Result<()> {
         args.database, rows[0], rows[1], rows[2], rows[3]
     );
 
-    let kafka = writer::KafkaArgs {
-        brokers: args.target.brokers.clone(),
-        topic: format!("bench.import.{}", &Uuid::new_v4().simple().to_string()[..8]),
-    };
+    let kafka = writer::KafkaArgs::new(
+        args.target.brokers.clone(),
+        format!("bench.import.{}", &Uuid::new_v4().simple().to_string()[..8]),
+    );
     writer::admin::ensure_topic(&kafka.brokers, &kafka.topic, args.partitions).await?;
     let outcome = run(&args, &old, &kafka).await;
     writer::admin::delete_topics(&kafka.brokers, &[&kafka.topic]).await?;

@@ -49,10 +49,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let kafka = writer::KafkaArgs {
-        brokers: args.target.brokers.clone(),
-        topic: args.topic.clone(),
-    };
+    let kafka = writer::KafkaArgs::new(args.target.brokers.clone(), args.topic.clone());
     let in_log = ensure_log(&args).await?;
     println!(
         "log: {in_log} events in topic {} ({} partitions)",
@@ -145,10 +142,7 @@ async fn spans(kafka: &writer::KafkaArgs) -> anyhow::Result<Vec<Span>> {
 /// Makes sure the topic holds exactly `args.events` generated events.
 async fn ensure_log(args: &Args) -> anyhow::Result<u64> {
     let brokers = &args.target.brokers;
-    let kafka = writer::KafkaArgs {
-        brokers: brokers.clone(),
-        topic: args.topic.clone(),
-    };
+    let kafka = writer::KafkaArgs::new(brokers.clone(), args.topic.clone());
     writer::admin::ensure_topic(brokers, &args.topic, args.partitions).await?;
     let held = log::total(&spans(&kafka).await?);
     if held == args.events {

@@ -1,0 +1,100 @@
+//! A one-shot timer with microsecond precision, for the appender's linger.
+//!
+//! Tokio's timers tick in whole milliseconds and round a deadline up to the next tick, so a
+//! linger of 1 ms would hold a record 1–2 ms. A timerfd fires when asked, and wakes the task
+//! through the runtime's own epoll like any socket.
+
+use std::time::Duration;
+
+use timerfd::{ClockId, SetTimeFlags, TimerFd, TimerState};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::time::Instant;
+
+pub(crate) struct PreciseTimer {
+    fd: AsyncFd<TimerFd>,
+    armed: Option<Instant>,
+}
+
+impl PreciseTimer {
+    /// A disarmed timer on the current runtime's reactor.
+    pub(crate) fn new() -> std::io::Result<Self> {
+        let timer = TimerFd::new_custom(ClockId::Monotonic, true, true)?;
+        // SAFETY: the TimerFd owns its descriptor, keeps it open until dropped and always
+        // returns that same one; the AsyncFd owns the TimerFd.
+        let fd = unsafe { AsyncFd::register_with_interest(timer, Interest::READABLE) }?;
+        Ok(Self { fd, armed: None })
+    }
+
+    /// Fires at `at` (at once if it has passed); `None` disarms. Arming at the same instant
+    /// again costs nothing.
+    pub(crate) fn arm(&mut self, at: Option<Instant>) {
+        if self.armed == at {
+            return;
+        }
+        self.armed = at;
+        let state = match at {
+            // A zero duration would disarm the timerfd: fire after a nanosecond instead.
+            Some(at) => TimerState::Oneshot(
+                at.saturating_duration_since(Instant::now())
+                    .max(Duration::from_nanos(1)),
+            ),
+            None => TimerState::Disarmed,
+        };
+        self.fd.get_mut().set_state(state, SetTimeFlags::Default);
+    }
+
+    /// Resolves once the armed instant has come; never while disarmed.
+    pub(crate) async fn fired(&mut self) {
+        loop {
+            let Ok(mut ready) = self.fd.readable().await else {
+                return std::future::pending().await;
+            };
+            // Non-blocking: 0 when it has not fired (a stale readiness, or re-armed since).
+            let fired = ready.get_inner().read() > 0;
+            ready.clear_ready();
+            if fired {
+                self.armed = None;
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn fires_once_armed_and_never_while_disarmed() {
+        let mut timer = PreciseTimer::new().expect("a timerfd");
+        let patience = Duration::from_secs(5);
+
+        timer.arm(Some(Instant::now() + Duration::from_micros(300)));
+        tokio::time::timeout(patience, timer.fired())
+            .await
+            .expect("an armed timer fires");
+
+        // An instant already past fires too (a zero duration would disarm a timerfd).
+        timer.arm(Some(Instant::now()));
+        tokio::time::timeout(patience, timer.fired())
+            .await
+            .expect("a past instant fires at once");
+
+        // Armed far away, then brought closer: the closer instant counts.
+        timer.arm(Some(Instant::now() + Duration::from_secs(3600)));
+        timer.arm(Some(Instant::now() + Duration::from_micros(100)));
+        tokio::time::timeout(patience, timer.fired())
+            .await
+            .expect("the re-armed instant fires");
+
+        timer.arm(Some(Instant::now() + Duration::from_millis(1)));
+        timer.arm(None);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), timer.fired())
+                .await
+                .is_err(),
+            "a disarmed timer does not fire"
+        );
+    }
+}
