@@ -14,7 +14,8 @@
 //! leads that has records). A broker with no request under way is sent a record once it has
 //! lingered (`CHAT_APPEND_LINGER_US`, timed by a timerfd: tokio's timers round up to the next
 //! millisecond), so that those that come meanwhile share its request: the broker's cost is its
-//! request rate, not its bytes.
+//! request rate, not its bytes. Records linger only while appends come close enough together
+//! to find company (`linger::Spacing`); a quiet writer sends at once.
 //!
 //! A batch is given up only when the delivery timeout of its records passes. Then the broker may
 //! or may not hold it, so whether its sequence numbers are spent is unknown: the producer asks
@@ -43,7 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::Position;
-use crate::linger::PreciseTimer;
+use crate::linger::{PreciseTimer, Spacing};
 use crate::wire::{Backoff, Cluster, Connection, Leaders, WireError, code_name};
 
 /// Produce 9 is the first flexible version (Kafka 2.8); Kafka 4 serves 3 to 12.
@@ -122,6 +123,7 @@ impl Appender {
             delivery_timeout,
             linger,
             linger_until: None,
+            spacing: Spacing::default(),
             shared: shared.clone(),
             incoming,
             open: true,
@@ -305,6 +307,9 @@ struct Task {
     linger: Duration,
     /// When the oldest record held back by the linger is due.
     linger_until: Option<Instant>,
+    /// How closely appends follow each other: the linger holds records only while one can
+    /// expect company within it.
+    spacing: Spacing,
     shared: Arc<Shared>,
     incoming: mpsc::UnboundedReceiver<Queued>,
     /// Some [`Appender`] is left to send records.
@@ -385,8 +390,10 @@ impl Task {
                 }
                 queued = self.incoming.recv(), if self.open => match queued {
                     Some(record) => {
+                        self.spacing.arrived(record.queued_at, self.linger);
                         self.place(record);
                         while let Ok(record) = self.incoming.try_recv() {
+                            self.spacing.arrived(record.queued_at, self.linger);
                             self.place(record);
                         }
                     }
@@ -481,6 +488,11 @@ impl Task {
         // lingered long enough; then it takes every partition it leads that has records.
         // Otherwise the linger of its oldest record is when to look again.
         let now = Instant::now();
+        let linger = if self.spacing.lingers(self.linger) {
+            self.linger
+        } else {
+            Duration::ZERO
+        };
         let mut due: HashSet<i32> = HashSet::new();
         let mut lingering: BTreeMap<i32, Instant> = BTreeMap::new();
         for (index, partition) in self.partitions.iter().enumerate() {
@@ -491,7 +503,7 @@ impl Task {
                 continue;
             }
             let resend = partition.flight.as_ref().is_some_and(|f| !f.sent);
-            let ready_at = partition.queue.front().map(|r| r.queued_at + self.linger);
+            let ready_at = partition.queue.front().map(|r| r.queued_at + linger);
             if resend || ready_at.is_some_and(|at| at <= now) {
                 due.insert(leader);
             } else if let Some(at) = ready_at {
