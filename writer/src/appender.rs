@@ -376,7 +376,9 @@ impl Task {
                 (a, b) => a.or(b),
             };
             if let Some(lingering) = &mut lingering {
-                lingering.arm(self.linger_until);
+                // Nothing is sent during a pause, so a linger that ends in one must not wake
+                // the task over and over; the pause's end looks at the records again.
+                lingering.arm(self.linger_until.filter(|_| self.retry_at.is_none()));
             }
             if let Some(at) = wake
                 && (armed != Some(at) || timer.is_elapsed())
@@ -401,7 +403,9 @@ impl Task {
                 },
                 () = &mut timer, if wake.is_some() => {}
                 () = async { lingering.as_mut().expect("armed").fired().await },
-                    if self.linger_until.is_some() && lingering.is_some() => {}
+                    if self.linger_until.is_some()
+                        && self.retry_at.is_none()
+                        && lingering.is_some() => {}
             }
         }
     }
