@@ -392,20 +392,16 @@ impl Task {
                 }
                 queued = self.incoming.recv(), if self.open => match queued {
                     Some(record) => {
-                        self.spacing.arrived(record.queued_at, self.linger);
-                        self.place(record);
+                        self.take(record);
                         while let Ok(record) = self.incoming.try_recv() {
-                            self.spacing.arrived(record.queued_at, self.linger);
-                            self.place(record);
+                            self.take(record);
                         }
                     }
                     None => self.open = false,
                 },
                 () = &mut timer, if wake.is_some() => {}
                 () = async { lingering.as_mut().expect("armed").fired().await },
-                    if self.linger_until.is_some()
-                        && self.retry_at.is_none()
-                        && lingering.is_some() => {}
+                    if lingering.as_ref().is_some_and(PreciseTimer::is_armed) => {}
             }
         }
     }
@@ -418,6 +414,12 @@ impl Task {
                 .partitions
                 .iter()
                 .all(|p| p.queue.is_empty() && p.flight.is_none())
+    }
+
+    /// A new append: counted into the spacing of appends, then queued.
+    fn take(&mut self, record: Queued) {
+        self.spacing.arrived(record.queued_at, self.linger);
+        self.place(record);
     }
 
     fn place(&mut self, record: Queued) {

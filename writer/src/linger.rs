@@ -71,6 +71,10 @@ impl PreciseTimer {
         self.fd.get_mut().set_state(state, SetTimeFlags::Default);
     }
 
+    pub(crate) fn is_armed(&self) -> bool {
+        self.armed.is_some()
+    }
+
     /// Resolves once the armed instant has come; never while disarmed.
     pub(crate) async fn fired(&mut self) {
         loop {
