@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
+mod stages;
 mod sweep;
 
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
@@ -41,6 +42,10 @@ struct Args {
     /// The edge's WebSocket URL (base path included, no query).
     #[arg(long, default_value = "ws://127.0.0.1:8081/")]
     edge: String,
+    /// The edge's Prometheus endpoint, read before and after the measured window for the
+    /// medians of a send's stages inside the edge.
+    #[arg(long, default_value = "http://127.0.0.1:8081/metrics")]
+    edge_metrics: String,
     /// The edge's process id, to read its memory (VmRSS) and CPU; skip the memory step without it.
     #[arg(long)]
     edge_pid: Option<u32>,
@@ -200,6 +205,14 @@ async fn main() -> anyhow::Result<()> {
             ),
         ));
     }
+    for (stage, median) in &load.edge_stages {
+        table.push((
+            format!("edge: {stage} p50"),
+            median.map_or("no samples".into(), |(seconds, samples)| {
+                format!("{:.3} ms ({samples} samples)", seconds * 1000.0)
+            }),
+        ));
+    }
     table.push((
         "send→deliver max".into(),
         format!("{:.2} ms", load.latency.max() as f64 / 1000.0),
@@ -337,6 +350,9 @@ pub struct LoadResult {
     /// The edge's CPU per delivery by thread name (`--edge-pid`), busiest first: its runtime
     /// against librdkafka's threads.
     pub edge_threads: Vec<(String, f64)>,
+    /// The median of each of a send's stages inside the edge ([`stages::STAGES`]) over the
+    /// measured window, and its samples; empty when the edge's metrics could not be read.
+    pub edge_stages: Vec<(&'static str, Option<(f64, u64)>)>,
 }
 
 impl LoadResult {
@@ -493,6 +509,7 @@ async fn load(
     send(shape.warmup, 'w').await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     recording.store(true, Ordering::Relaxed);
+    let metrics_before = stages::scrape(&args.edge_metrics).await;
     let measured_from = Instant::now();
     let cpu_before = cpu::sample(watched);
     let threads_before = args.edge_pid.map(cpu::threads).unwrap_or_default();
@@ -517,6 +534,16 @@ async fn load(
     while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let edge_stages = match (metrics_before, stages::scrape(&args.edge_metrics).await) {
+        (Ok(before), Ok(after)) => stages::STAGES
+            .iter()
+            .map(|&(stage, name)| (stage, stages::median_between(&before, &after, name)))
+            .collect(),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("the edge's stages are not measured: {e:#}");
+            Vec::new()
+        }
+    };
     let window = measured_from
         .elapsed()
         .as_secs_f64()
@@ -545,6 +572,7 @@ async fn load(
         cpu,
         cpu_deliveries,
         edge_threads,
+        edge_stages,
     })
 }
 

@@ -361,10 +361,12 @@ impl Handler {
             key: self.edge.limiter.key("send-message", user),
             rate: self.edge.limits.rates.send_message,
         };
-        let sent_at = match sent
+        let began = std::time::Instant::now();
+        let claim = sent
             .claim(user, conversation, temp, Timestamp::now(), lease, &budget)
-            .await
-        {
+            .await;
+        metrics::histogram!("chat_ws_send_claim_seconds").record(began.elapsed().as_secs_f64());
+        let sent_at = match claim {
             Ok(Claim::Append(sent_at)) => sent_at,
             Ok(Claim::Limited(retry_after)) => return Err(Rejection::rate_limited(retry_after)),
             Ok(Claim::Sent(frame)) => {
@@ -383,6 +385,7 @@ impl Handler {
                 return Err(unavailable("the message cannot be sent now; retry"));
             }
         };
+        self.edge.send_clock.start(message_id, began);
         // From the claim to the append's outcome, the lease is held.
         let work = async {
             self.check_participant(conversation).await?;
@@ -422,6 +425,7 @@ impl Handler {
                 Ok(())
             }
             Err(rejection) => {
+                self.edge.send_clock.stop(message_id);
                 // Refused by the check, or not appended: a retry may append at once.
                 if let Err(e) = sent.abandon(user, conversation, temp, lease).await {
                     tracing::warn!(error = %e, "cannot release a tempMessageId lease");

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use crate::frames::ServerFrame;
 use crate::log_reader::{LogReader, Record};
 use crate::outbox::{Ending, Outbox};
+use crate::send_clock::SendClock;
 
 /// A live delivery: its frame (with its cursor) and where its event stands in the log.
 #[derive(Clone)]
@@ -405,6 +406,7 @@ impl LogTail {
         mut self,
         store: Store,
         held: Arc<HeldConnections>,
+        clock: Arc<SendClock>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let Some((mut next, mut learning)) = self.position(&held, &mut shutdown).await else {
@@ -451,7 +453,7 @@ impl LogTail {
                 };
                 match record.payload.as_deref().map(Envelope::decode) {
                     Some(Ok(envelope)) => {
-                        let delivering = deliver(&envelope, at, &store, &held, &mut first);
+                        let delivering = deliver(&envelope, at, &store, &held, &mut first, &clock);
                         tokio::select! {
                             () = delivering => {}
                             _ = crate::stopping(&mut shutdown) => return,
@@ -567,6 +569,7 @@ async fn deliver(
     store: &Store,
     held: &HeldConnections,
     first: &mut FirstDeliveries,
+    clock: &SendClock,
 ) {
     let lag = events::Timestamp::now().as_datetime() - envelope.accepted_at.as_datetime();
     metrics::histogram!("chat_ws_delivery_lag_seconds")
@@ -586,6 +589,7 @@ async fn deliver(
                 held.deliver_to_all(participants.iter().map(String::as_str), &live, since);
             // Every connection held now has had the message.
             first.remember(m.message_id, joins, sent_at);
+            clock.fanned_out(m.message_id);
             if seen.is_some() {
                 metrics::counter!("chat_ws_repeated_messages_total").increment(1);
             }

@@ -27,6 +27,7 @@ pub mod log_reader;
 pub mod outbox;
 pub mod presence;
 pub mod recent_sends;
+pub mod send_clock;
 pub mod server;
 pub mod startup;
 
@@ -228,6 +229,8 @@ pub struct Edge {
     pub limiter: Limiter,
     /// Where deliveries from the log are pushed.
     pub held: Arc<HeldConnections>,
+    /// When each send in flight here began, until the log reader fans it out.
+    pub send_clock: Arc<send_clock::SendClock>,
     /// The log, read back by catch-ups.
     pub kafka: writer::KafkaArgs,
     pub limits: Limits,

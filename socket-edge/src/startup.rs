@@ -112,6 +112,7 @@ fn wire(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<(Arc
         recent_sends: RecentSends::new(redis.clone(), Duration::from_secs(args.dedupe_window_secs)),
         limiter: rate_limit::Limiter::new(args.redis.url.expose_secret(), &args.redis.prefix)?,
         held: Arc::new(HeldConnections::default()),
+        send_clock: Arc::default(),
         limits: limits(args),
         kafka: config.kafka.clone(),
         shutdown,
@@ -175,8 +176,12 @@ impl Application {
 
         let log_tail = LogTail::new(&config.kafka);
         let positioned = log_tail.positioned();
-        let consuming =
-            tokio::spawn(log_tail.run(edge.store.clone(), edge.held.clone(), shutdown.clone()));
+        let consuming = tokio::spawn(log_tail.run(
+            edge.store.clone(),
+            edge.held.clone(),
+            edge.send_clock.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(refresh_registrations(
             edge.presence.clone(),
             edge.held.clone(),
