@@ -22,18 +22,35 @@ const FORGET_AFTER: Duration = Duration::from_secs(10);
 /// When each send in flight on this edge began, by message id.
 #[derive(Default)]
 pub struct SendClock {
-    started: Mutex<HashMap<Uuid, Instant, RandomState>>,
+    started: Mutex<Started>,
+}
+
+#[derive(Default)]
+struct Started {
+    by_message: HashMap<Uuid, Instant, RandomState>,
+    /// When the sends timed were last looked over for stale ones: at most once per
+    /// [`FORGET_AFTER`], so that a full clock (a broker outage with thousands of sends in
+    /// flight) costs a send nothing but the look-up.
+    swept: Option<Instant>,
 }
 
 impl SendClock {
     /// The send of `message_id` began `at` (its frame arrived).
     pub fn start(&self, message_id: Uuid, at: Instant) {
         let mut started = self.started.lock().expect("lock is never poisoned");
-        if started.len() >= MOST_TIMED {
-            started.retain(|_, began| began.elapsed() < FORGET_AFTER);
+        let started = &mut *started;
+        if started.by_message.len() >= MOST_TIMED
+            && started
+                .swept
+                .is_none_or(|swept| swept.elapsed() >= FORGET_AFTER)
+        {
+            started.swept = Some(Instant::now());
+            started
+                .by_message
+                .retain(|_, began| began.elapsed() < FORGET_AFTER);
         }
-        if started.len() < MOST_TIMED {
-            started.insert(message_id, at);
+        if started.by_message.len() < MOST_TIMED {
+            started.by_message.insert(message_id, at);
         }
     }
 
@@ -52,15 +69,19 @@ impl SendClock {
 
     fn take(&self, message_id: Uuid) -> Option<Instant> {
         let mut started = self.started.lock().expect("lock is never poisoned");
-        if started.is_empty() {
+        if started.by_message.is_empty() {
             return None;
         }
-        started.remove(&message_id)
+        started.by_message.remove(&message_id)
     }
 
     #[cfg(test)]
     fn timed(&self) -> usize {
-        self.started.lock().expect("lock is never poisoned").len()
+        self.started
+            .lock()
+            .expect("lock is never poisoned")
+            .by_message
+            .len()
     }
 }
 
@@ -92,5 +113,23 @@ mod tests {
         assert_eq!(clock.timed(), 1, "the stale sends were let go");
         clock.fanned_out(next);
         assert_eq!(clock.timed(), 0);
+    }
+
+    #[test]
+    fn a_clock_full_of_sends_in_flight_is_looked_over_once_per_forget_after() {
+        let clock = SendClock::default();
+        for _ in 0..MOST_TIMED {
+            clock.start(Uuid::new_v4(), Instant::now());
+        }
+        clock.start(Uuid::new_v4(), Instant::now());
+        let swept = clock.started.lock().unwrap().swept;
+        assert!(swept.is_some(), "the full clock was looked over");
+        clock.start(Uuid::new_v4(), Instant::now());
+        assert_eq!(
+            clock.started.lock().unwrap().swept,
+            swept,
+            "not again so soon"
+        );
+        assert_eq!(clock.timed(), MOST_TIMED, "no send in flight let go");
     }
 }

@@ -161,6 +161,21 @@ async fn two_edges_deliver_to_the_connections_each_holds() {
     let alices = registrations(&env, "alice").await;
     assert_eq!(alices.len(), 2);
     assert_ne!(alices[0].1, alices[1].1, "one connection on each edge");
+    // Each edge timed the send made through it, from its claim to its fan-out, and not the
+    // one it only delivered.
+    for edge in [&edge_a, &edge_b] {
+        eventually("the edge's send timed in stages", PATIENCE, || async {
+            let metrics = reqwest::get(edge.url("/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metrics.contains("chat_ws_send_claim_seconds_count 1")
+                && metrics.contains("chat_ws_send_to_fanout_seconds_count 1")
+        })
+        .await;
+    }
     // Every event the test appended, directly or through the edge, is in the document.
     asyncapi::assert_log_conforms(&env);
 }
