@@ -290,6 +290,24 @@ mod tests {
         (writer, silent)
     }
 
+    #[test]
+    fn a_linger_past_a_second_is_refused_at_start_up() {
+        #[derive(clap::Parser)]
+        struct Service {
+            #[command(flatten)]
+            kafka: KafkaArgs,
+        }
+        let linger = |value: &str| {
+            <Service as clap::Parser>::try_parse_from(["service", "--append-linger-us", value])
+                .map(|service| service.kafka.append_linger_us)
+        };
+        assert_eq!(linger("0").unwrap(), 0);
+        assert_eq!(linger("1000000").unwrap(), 1_000_000);
+        for refused in ["1000001", "-1", "18446744073709551615", "1ms"] {
+            assert!(linger(refused).is_err(), "{refused} accepted");
+        }
+    }
+
     fn read() -> Envelope {
         Envelope::new(Event::MessagesRead(MessagesRead {
             conversation_id: Uuid::new_v4(),
