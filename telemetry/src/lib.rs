@@ -84,7 +84,7 @@ pub fn init_logs(args: &LogArgs) {
 
 /// The buckets of every `…_seconds` histogram: fine below 2.5 ms, where a send's stages (the
 /// claim, the append, the fan-out) are told apart.
-/// (The bounds from 0.5 ms up are those of earlier releases, so dashboards keep working.)
+/// (Every bound of earlier releases is kept, so dashboards and alerts keep working.)
 pub const SECONDS_BUCKETS: [f64; 19] = [
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
