@@ -327,6 +327,16 @@ impl Service {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The text of its `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("the service answers")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
     /// The process id (for signals and memory readings).
     pub fn pid(&self) -> u32 {
         self.child.id().expect("the service is running")

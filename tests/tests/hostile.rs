@@ -169,12 +169,7 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_unregistered() {
         upgraded.elapsed()
     );
     until_closed(&mut dead, PATIENCE).await;
-    let metrics = reqwest::get(edge.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = edge.metrics().await;
     assert!(
         metrics.contains("chat_ws_unresponsive_disconnects_total 1"),
         "{metrics}"
@@ -376,12 +371,7 @@ async fn a_flood_of_post_conversation_gets_429_with_retry_after() {
 
 /// The lines of the `chat_http_` series in a Prometheus scrape.
 async fn http_series(api: &Service) -> Vec<String> {
-    let text = reqwest::get(api.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.metrics().await;
     text.lines()
         .filter(|l| l.starts_with("chat_http_"))
         .map(|l| {

@@ -78,12 +78,7 @@ async fn connect_needs_a_valid_token_before_the_upgrade_with_and_without_the_sla
 
     let status = reqwest::get(edge.url("/healthz")).await.unwrap().status();
     assert_eq!(status, 200);
-    let metrics = reqwest::get(edge.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = edge.metrics().await;
     assert!(
         metrics.contains("chat_open_connections 2"),
         "gauge: {metrics}"
@@ -165,12 +160,7 @@ async fn two_edges_deliver_to_the_connections_each_holds() {
     // one it only delivered.
     for edge in [&edge_a, &edge_b] {
         eventually("the edge's send timed in stages", PATIENCE, || async {
-            let metrics = reqwest::get(edge.url("/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = edge.metrics().await;
             metrics.contains("chat_ws_send_claim_seconds_count 1")
                 && metrics.contains("chat_ws_send_to_fanout_seconds_count 1")
         })
@@ -490,12 +480,7 @@ async fn a_slow_client_is_closed_with_4008_and_others_keep_their_pace() {
     let started = tokio::time::Instant::now();
     let mut count = 0;
     let slow_disconnects = || async {
-        let metrics = reqwest::get(edge.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = edge.metrics().await;
         metrics.contains("chat_ws_slow_disconnects_total 1")
     };
     while !slow_disconnects().await {
