@@ -646,26 +646,31 @@ async fn wait_ready(edge: &str) -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut stream = TcpStream::connect(&authority).await.ok()?;
-            let request =
-                format!("GET /readyz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.ok()?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.ok()?;
-            Some(response.starts_with("HTTP/1.1 200"))
-        };
-        if ready.await == Some(true) {
-            return Ok(());
-        }
+    while http_get(&authority, "/readyz").await.is_err() {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the edge at {authority} is not ready"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(())
+}
+
+/// The body of `GET <path>` from `authority` (`host:port`), over plain HTTP/1.0; an error
+/// unless it answers 200.
+async fn http_get(authority: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(authority).await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP body from {authority}{path}"))?;
+    let status = head.lines().next().unwrap_or_default();
+    anyhow::ensure!(status.contains(" 200 "), "{authority}{path}: {status}");
+    Ok(body.to_owned())
 }
 
 /// CPU time of the stack's processes, from `/proc` (Linux).

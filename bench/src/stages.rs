@@ -3,8 +3,6 @@
 //! what was recorded between the two. The rest of send→deliver is outside these stages: the
 //! sender's frame reaching the edge, the outboxes' writes and the clients' reads.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 /// Each stage's name and histogram, in the order a send passes them.
 pub const STAGES: [(&str, &str); 3] = [
     ("claim (Redis round trip)", "chat_ws_send_claim_seconds"),
@@ -15,26 +13,13 @@ pub const STAGES: [(&str, &str); 3] = [
     ),
 ];
 
-/// The text of a Prometheus endpoint (`http://host:port/path`), over plain HTTP/1.0.
+/// The text of a Prometheus endpoint (`http://host:port/path`).
 pub async fn scrape(url: &str) -> anyhow::Result<String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| anyhow::anyhow!("not an http:// URL: {url}"))?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    let request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP body from {url}"))?;
-    anyhow::ensure!(
-        head.contains(" 200 "),
-        "{url}: {}",
-        head.lines().next().unwrap_or("")
-    );
-    Ok(body.to_owned())
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    crate::http_get(authority, &format!("/{path}")).await
 }
 
 /// The cumulative buckets of histogram `name` (upper bound in seconds, count), in order.
